@@ -1,0 +1,115 @@
+"""Structured configs: the typed schema behind conf/, registered in Hydra's ConfigStore.
+
+A typo in a group option, a key or a value's type fails when Hydra composes the config, with Hydra's own
+message. Optimizer option schemas are registered from the optimizer registry (each optimizer module owns
+its settings dataclass), as `<group>/base_<name>`, which conf/<group>/<option>.yaml files extend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from diffgentor.envvars import register_resolvers
+
+
+class Dtype(str, Enum):
+    """Weights/compute dtype. `auto` is bf16 on CUDA and fp32 elsewhere (CPU bf16 is slow and lossy)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@dataclass
+class ModelConfig:
+    """Which pipeline to load, and the generation defaults that suit it.
+
+    `path` (a hub id or a local diffusers folder) wins over `testbed` (an embedded tiny model built offline).
+    `family` is read from model_index.json when reachable; the value here is used when it is not (a hub id
+    offline, a dry run), so refusals can happen before any download.
+    """
+
+    name: str = MISSING
+    testbed: Optional[str] = None
+    path: Optional[str] = None
+    family: Optional[str] = None
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+    steps: int = 28
+    guidance_scale: float = 3.5
+    height: int = 1024
+    width: int = 1024
+
+
+@dataclass
+class PrecisionConfig:
+    """dtype of the loaded weights, and TF32 math for fp32 matmuls (seed: on by default; GPU only)."""
+
+    dtype: Dtype = Dtype.auto
+    tf32: bool = True
+
+
+@dataclass
+class BenchmarkConfig:
+    """Timing protocol. Warmup passes run the first batch and are excluded from latency.
+
+    `warmup: null` means 1 on CUDA (kernel selection, allocator, compile) and 0 on CPU.
+    `repeats` times every batch that many times; latency is the median over all timed calls.
+    """
+
+    warmup: Optional[int] = None
+    repeats: int = 1
+
+
+@dataclass
+class RunConfig:
+    """One run: a model, its precision, optional optimizer groups, and what to generate."""
+
+    model: ModelConfig = MISSING
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    # Optional add-on groups, absent from the defaults list and appended with `+group=option`.
+    compile: Optional[Any] = None
+    attention: Optional[Any] = None
+    cache: Optional[Any] = None
+    memory: Optional[Any] = None
+    fuse_qkv: bool = False
+
+    prompt: str = MISSING
+    prompts_file: Optional[str] = None
+    negative_prompt: Optional[str] = None
+    num_images_per_prompt: int = 1
+    batch_size: int = 1
+    seed: int = 0
+    steps: int = MISSING
+    guidance_scale: float = MISSING
+    height: int = MISSING
+    width: int = MISSING
+    device: str = "auto"
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    #: Print the ordered optimization plan and exit without loading weights.
+    dry_run: bool = False
+    #: Where embedded testbed pipelines are built (once) and cached.
+    cache_dir: str = "~/.cache/diffgentor"
+    #: Show tqdm progress bars (images, and denoising steps).
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the root schema, group schemas and the `dg.env` resolver (idempotent)."""
+    from diffgentor.optimize.registry import load_all
+
+    register_resolvers()
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="precision", name="base_precision", node=PrecisionConfig)
+    for name, optimizer in load_all().items():
+        if optimizer.config_group and optimizer.Settings is not None:
+            cs.store(group=optimizer.config_group, name=f"base_{name}", node=optimizer.Settings)

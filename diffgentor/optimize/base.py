@@ -1,0 +1,75 @@
+"""The contract every optimizer follows: select from the config, check before load, apply, prove it, remove.
+
+An optimizer is a small class registered under a unique name (see registry.py). Its life in a run:
+
+1. `select(run_cfg)` returns its settings when the config asks for it, else None.
+2. `check(family)` raises UnsupportedError / MissingPackageError BEFORE any weights load (packages,
+   pipeline-family specifics beyond the table in compat.py).
+3. `apply(pipe)` changes the loaded pipeline in place.
+4. `evidence(pipe)` is called after generation and returns measured facts proving it took effect
+   (counts, flags, fused modules, compile time). It must not be empty.
+5. `remove(pipe)` undoes it where that is possible (needed for in-process sweeps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, ClassVar, Optional
+
+
+class Optimizer:
+    """Base class; subclasses set the class variables and override the methods they need."""
+
+    #: Unique registry key, also the `name` recorded in run.json.
+    name: ClassVar[str]
+    #: Config group whose options select this optimizer ("cache", "compile", ...), or None for a flag.
+    config_group: ClassVar[Optional[str]] = None
+    #: Structured-config dataclass for the group option (registered in Hydra's ConfigStore).
+    Settings: ClassVar[Optional[type]] = None
+
+    def __init__(self, settings: Any = None):
+        self.settings = settings
+
+    @classmethod
+    def select(cls, run_cfg: Any) -> Any:
+        """Return this optimizer's settings if `run_cfg` asks for it, else None."""
+        group = getattr(run_cfg, cls.config_group, None) if cls.config_group else None
+        if group is not None and getattr(group, "name", None) == cls.name:
+            return group
+        return None
+
+    def params(self) -> dict:
+        """The parameters recorded in run.json and printed in the plan."""
+        if is_dataclass(self.settings):
+            return {k: v for k, v in asdict(self.settings).items() if k != "name"}
+        return dict(self.settings) if isinstance(self.settings, dict) else {}
+
+    def tags(self) -> set[str]:
+        """Names matched against compat.CONFLICTS (e.g. "attention:flash" besides "attention")."""
+        return {self.name}
+
+    def check(self, family: str) -> None:
+        """Refuse before load (missing package, unsupported variant). Family support is in compat.py."""
+
+    def apply(self, pipe: Any) -> None:
+        raise NotImplementedError
+
+    def evidence(self, pipe: Any) -> dict:
+        raise NotImplementedError
+
+    def remove(self, pipe: Any) -> None:
+        raise NotImplementedError(f"{self.name} cannot be removed from a loaded pipeline")
+
+
+@dataclass
+class OptimizationRecord:
+    """One entry of run.json's `optimizations` list."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    applied: bool = False
+    evidence: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)

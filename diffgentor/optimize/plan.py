@@ -1,0 +1,135 @@
+"""Plan before load: which optimizers the config asks for, in which order, and whether each may apply.
+
+The plan is built from the resolved config and the pipeline family alone, so every refusal (unsupported
+family, conflicting pair, missing package) happens before any weights load, and a dry run can print it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffgentor.errors import DiffgentorError, UnsupportedError
+from diffgentor.families import FAMILIES
+from diffgentor.optimize.base import OptimizationRecord, Optimizer
+from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
+from diffgentor.optimize.registry import STAGE_OF, STAGES, load_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanStep:
+    optimizer: Optimizer
+    supported: bool = True
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.optimizer.name
+
+
+@dataclass
+class Plan:
+    family: str
+    steps: list[PlanStep] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def refused(self) -> list[PlanStep]:
+        return [s for s in self.steps if not s.supported]
+
+    def raise_if_refused(self) -> None:
+        """One error naming the first refusal; the dry run shows all of them."""
+        if self.refused:
+            first = self.refused[0]
+            raise UnsupportedError(f"{first.name}: {first.reason}")
+
+    def describe(self) -> str:
+        """The ordered plan as printed by the dry run."""
+        lines = [f"plan for a '{self.family}' pipeline (order: {' -> '.join(n for n, _ in STAGES)}):"]
+        if not self.steps:
+            lines.append("  (no optimizations requested)")
+        for i, step in enumerate(self.steps, 1):
+            status = "supported" if step.supported else f"REFUSED: {step.reason}"
+            lines.append(f"  {i}. {step.name} {step.optimizer.params()} -> {status}")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _family_refusal(name: str, family: str) -> str | None:
+    families = families_supporting(name)
+    if family in families:
+        return None
+    reason = FAMILY_SUPPORT[name].reason if name in FAMILY_SUPPORT else "not in the compatibility table"
+    fits = ", ".join(sorted(families)) or "none"
+    return f"does not apply to '{family}' pipelines ({reason}); it serves: {fits}"
+
+
+def _alternatives_hint(name: str, family: str) -> str:
+    """Name the optimizers of the same stage that do serve `family` (e.g. caches that fit a UNet)."""
+    stage = STAGES[STAGE_OF[name]][1]
+    fits = [other for other in stage if other != name and family in families_supporting(other)]
+    return f"; for this pipeline use: {', '.join(fits)}" if fits else ""
+
+
+def build_plan(run_cfg: Any, family: str) -> Plan:
+    """Select, order and check the optimizers `run_cfg` asks for, for a pipeline of `family`."""
+    if family not in FAMILIES:
+        raise DiffgentorError(f"unknown pipeline family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    plan = Plan(family=family)
+    for name, cls in sorted(load_all().items(), key=lambda item: STAGE_OF[item[0]]):
+        settings = cls.select(run_cfg)
+        if settings is None:
+            continue
+        step = PlanStep(cls(settings))
+        refusal = _family_refusal(name, family)
+        if refusal:
+            step.supported, step.reason = False, refusal + _alternatives_hint(name, family)
+        else:
+            try:
+                step.optimizer.check(family)
+            except UnsupportedError as exc:
+                step.supported, step.reason = False, str(exc)
+        plan.steps.append(step)
+    _check_conflicts(plan)
+    return plan
+
+
+def _check_conflicts(plan: Plan) -> None:
+    tagged = [(step, step.optimizer.tags()) for step in plan.steps]
+    for conflict in CONFLICTS:
+        firsts = [s for s, tags in tagged if conflict.first in tags]
+        seconds = [s for s, tags in tagged if conflict.second in tags]
+        if not firsts or not seconds:
+            continue
+        message = f"{conflict.first} and {conflict.second} conflict: {conflict.reason}"
+        if conflict.severity == "error":
+            for step in seconds:
+                if step.supported:
+                    step.supported, step.reason = False, message
+        else:
+            plan.warnings.append(message)
+
+
+def apply_plan(plan: Plan, pipe: Any) -> list[OptimizationRecord]:
+    """Apply every step in order; the records get their evidence after generation (collect_evidence)."""
+    plan.raise_if_refused()
+    records = []
+    for step in plan.steps:
+        step.optimizer.apply(pipe)
+        records.append(OptimizationRecord(name=step.name, params=step.optimizer.params(), applied=True))
+    return records
+
+
+def collect_evidence(plan: Plan, pipe: Any, records: list[OptimizationRecord]) -> None:
+    """Fill each record's measured evidence; an optimizer with nothing to show is an error, not a pass."""
+    for step, record in zip(plan.steps, records):
+        evidence = step.optimizer.evidence(pipe)
+        if not evidence:
+            raise DiffgentorError(f"{step.name} reported no evidence that it took effect")
+        record.warnings.extend(evidence.pop("warnings", []))
+        record.evidence = evidence
+        for warning in record.warnings:
+            log.warning("%s: %s", step.name, warning)

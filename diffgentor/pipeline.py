@@ -1,0 +1,170 @@
+"""Load a pipeline from a model config: a hub id, a local diffusers folder, or an embedded testbed.
+
+All three go through `DiffusionPipeline.from_pretrained` with safetensors only and no remote code, so the
+testbed exercises exactly the path a real model takes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from diffgentor.errors import ConfigError, ModelLoadError
+from diffgentor.families import FAMILIES, family_of_pipeline_class
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from, and what kind of pipeline they make."""
+
+    location: str  # local folder or hub id, as given to from_pretrained
+    is_local: bool
+    family: str
+    pipeline_class: Optional[str]
+    model_id: str  # recorded in run.json and PNG chunks
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` picks cuda > mps > cpu; an explicit device that is absent is a config error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={requested}: no CUDA device is available here; use device=auto or cpu")
+    if requested not in ("cpu", "mps") and not requested.startswith("cuda"):
+        raise ConfigError(f"device={requested}: unknown; use auto, cpu, cuda, cuda:N or mps")
+    return requested
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto`: bf16 on CUDA, fp32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[name]
+
+
+def _read_model_index(folder: Path) -> Optional[str]:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    return json.loads(index.read_text()).get("_class_name")
+
+
+def _cached_hub_model_index(repo_id: str, revision: Optional[str]) -> Optional[str]:
+    """model_index.json from the local Hugging Face cache only: planning must never download."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+    except Exception:  # noqa: BLE001 - any cache problem just means "unknown before load"
+        return None
+    return _read_model_index(Path(cached).parent) if isinstance(cached, str) else None
+
+
+def _family_for(class_name: Optional[str], configured: Optional[str], where: str) -> str:
+    if class_name:
+        family = family_of_pipeline_class(class_name)
+        if family is None:
+            raise ModelLoadError(
+                f"{where}: pipeline class {class_name} is not one diffgentor knows; supported families: "
+                + ", ".join(sorted(FAMILIES))
+            )
+        return family
+    if configured:
+        if configured not in FAMILIES:
+            raise ConfigError(f"model.family={configured}: unknown; use one of {', '.join(sorted(FAMILIES))}")
+        return configured
+    raise ModelLoadError(
+        f"{where}: cannot tell the pipeline family before loading (no model_index.json reachable); "
+        f"set model.family to one of {', '.join(sorted(FAMILIES))}"
+    )
+
+
+def resolve_source(model_cfg: Any, cache_dir: str) -> ModelSource:
+    """Find the model and its family without loading weights (testbeds are built here, once)."""
+    if model_cfg.path:
+        path_text = str(model_cfg.path)
+        folder = Path(path_text).expanduser()
+        if folder.is_dir():
+            class_name = _read_model_index(folder)
+            if class_name is None:
+                raise ModelLoadError(f"model.path={path_text}: no model_index.json there; give a diffusers "
+                                     "pipeline folder (one saved with save_pretrained)")
+            family = _family_for(class_name, model_cfg.family, f"model.path={path_text}")
+            return ModelSource(str(folder.resolve()), True, family, class_name, path_text)
+        if not _HUB_ID.match(path_text) or path_text.startswith((".", "/", "~")):
+            raise ModelLoadError(f"model.path={path_text}: no such folder; give an existing diffusers folder "
+                                 "or a hub id like black-forest-labs/FLUX.1-dev")
+        class_name = _cached_hub_model_index(path_text, model_cfg.revision)
+        family = _family_for(class_name, model_cfg.family, f"model.path={path_text}")
+        return ModelSource(path_text, False, family, class_name, path_text)
+    if model_cfg.testbed:
+        from diffgentor.testbed import materialize
+
+        try:
+            folder = materialize(model_cfg.testbed, Path(cache_dir).expanduser())
+        except ValueError as exc:
+            raise ConfigError(f"model.testbed={model_cfg.testbed}: {exc}") from None
+        class_name = _read_model_index(folder)
+        family = _family_for(class_name, model_cfg.family, f"testbed {model_cfg.testbed}")
+        return ModelSource(str(folder), True, family, class_name, f"diffgentor-testbed/{model_cfg.testbed}")
+    raise ConfigError(f"model {model_cfg.name}: set model.path (hub id or folder) or model.testbed")
+
+
+def load_pipeline(source: ModelSource, model_cfg: Any, dtype: torch.dtype) -> Any:
+    """from_pretrained with safetensors only and no remote code; hub failures become one clear line."""
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict = {"torch_dtype": dtype, "use_safetensors": True}
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    if model_cfg.variant:
+        kwargs["variant"] = model_cfg.variant
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if source.is_local:
+            raise ModelLoadError(f"could not load {source.location}: {str(exc).splitlines()[0]}") from exc
+        raise ModelLoadError(
+            f"could not load hub model {source.location}: not in the local Hugging Face cache and the hub is "
+            "unreachable or the id is wrong; download it first (hf download ID) or set model.path to a "
+            "local diffusers folder"
+        ) from exc
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    return pipe
+
+
+def size_factor(pipe: Any) -> int:
+    """Height and width must be multiples of this: the VAE downscale, times 2 where latents are packed
+    into 2x2 patches (Flux), times the DiT patch size (SD3, PixArt)."""
+    factor = int(getattr(pipe, "vae_scale_factor", 8))
+    denoiser = getattr(pipe, "transformer", None)
+    patch = getattr(getattr(denoiser, "config", None), "patch_size", None)
+    if type(pipe).__name__.startswith("Flux"):
+        return factor * 2
+    if isinstance(patch, int) and patch > 1:
+        return factor * patch
+    return factor
+
+
+def check_size(pipe: Any, height: int, width: int) -> None:
+    factor = size_factor(pipe)
+    bad = [f"{name}={value}" for name, value in (("height", height), ("width", width)) if value % factor]
+    if bad or height <= 0 or width <= 0:
+        raise ConfigError(
+            f"{', '.join(bad) or 'size'}: this pipeline needs height and width that are positive multiples of "
+            f"{factor}; e.g. height={max(factor, height - height % factor)} width={max(factor, width - width % factor)}"
+        )
