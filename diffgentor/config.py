@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -45,6 +45,8 @@ class ModelConfig:
     guidance_scale: float = 3.5
     height: int = 1024
     width: int = 1024
+    #: Extra pipeline-call arguments this model needs (e.g. PixArt at sizes outside its resolution bins).
+    call_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

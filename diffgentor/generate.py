@@ -24,6 +24,7 @@ class GenerationSettings:
     device: str
     warmup: int
     repeats: int
+    extra_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +81,7 @@ def call_kwargs(pipe: Any, batch: list[ImageJob], settings: GenerationSettings) 
         "width": settings.width,
         "generator": [torch.Generator("cpu").manual_seed(job.seed) for job in batch],
         "output_type": "pil",
+        **settings.extra_kwargs,
     }
     negatives = [job.negative_prompt for job in batch]
     if any(n is not None for n in negatives):

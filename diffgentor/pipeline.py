@@ -126,7 +126,7 @@ def load_pipeline(source: ModelSource, model_cfg: Any, dtype: torch.dtype) -> An
     """from_pretrained with safetensors only and no remote code; hub failures become one clear line."""
     from diffusers import DiffusionPipeline
 
-    kwargs: dict = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict = {"dtype": dtype, "use_safetensors": True}
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
     if model_cfg.variant:

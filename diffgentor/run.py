@@ -111,7 +111,7 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
         steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
         width=run_cfg.width, device=device,
         warmup=(1 if device.startswith("cuda") else 0) if warmup is None else warmup,
-        repeats=run_cfg.benchmark.repeats,
+        repeats=run_cfg.benchmark.repeats, extra_kwargs=dict(run_cfg.model.call_kwargs),
     )
     if settings.repeats < 1 or settings.warmup < 0:
         raise ConfigError("benchmark.repeats must be >= 1 and benchmark.warmup >= 0")

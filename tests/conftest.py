@@ -55,7 +55,7 @@ def load_testbed(testbed_cache):
 
     def load(name: str):
         folder = materialize(name, testbed_cache)
-        return DiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float32, use_safetensors=True)
+        return DiffusionPipeline.from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True)
 
     return load
 
