@@ -1,0 +1,497 @@
+"""`diffgentor`: the seed's command line (`diffgentor t2i --backend diffusers ...`) over the one Hydra app.
+
+`t2i` translates its flags into Hydra override strings and then runs the very same Hydra app as
+`python -m diffgentor OVERRIDES` (sys.argv swapped in), so composition, the DG_* variables (read by the
+YAML through `${dg.env:...}`), run folders, logging and multirun behave identically: no second code path.
+`report` rebuilds a sweep's summary; `support` prints the compatibility matrix from optimize/compat.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from diffgentor.envvars import DOCUMENTED_VARIABLES
+from diffgentor.errors import ConfigError, DiffgentorError
+from diffgentor.families import FAMILIES, family_of_pipeline_class
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SUPPORTED_BACKENDS = ("diffusers",)
+#: --torch_dtype value -> conf/precision option (torch's names as in the seed, and our short ones).
+TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32",
+                "bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "auto": "auto"}
+#: The conf/compile option `--enable_compile` selects when no --compile_mode is given: the one whose
+#: mode reads DG_COMPILE_MODE (default max-autotune-no-cudagraphs, as the seed documents).
+COMPILE_FROM_ENV_OPTION = "enabled"
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+class CliError(ConfigError):
+    """A command line that cannot be translated; printed as one `error:` line."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading conf/: the options the flags may name come from the config tree, never from a second list here.
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (conf/<group>/*.yaml): sorted, `_private` ones then `none` last."""
+    names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
+    return sorted(names, key=lambda n: (n == "none", n.startswith("_"), n))
+
+
+def _raw_yaml(path: Path) -> dict:
+    """A conf file's own keys, interpolations (`${dg.env:...}`) left unresolved."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def compile_modes() -> list[str]:
+    """conf/compile options that fix a torch.compile mode (the option is named after its mode)."""
+    return [name for name in group_options("compile")
+            if _raw_yaml(CONF_DIR / "compile" / f"{name}.yaml").get("mode") == name]
+
+
+def model_entries() -> dict[str, dict]:
+    """conf/model entries by name, raw (name, path, testbed, family, ...)."""
+    return {p.stem: _raw_yaml(p) for p in sorted((CONF_DIR / "model").glob("*.yaml"))}
+
+
+def _root_default(key: str) -> str:
+    """A key's default in conf/config.yaml for --help (interpolations read as the model's value)."""
+    root = OmegaConf.load(CONF_DIR / "config.yaml")
+    if key == "model":
+        for item in root.get("defaults", []):
+            if isinstance(item, dict) or OmegaConf.is_dict(item):
+                if "model" in item:
+                    return str(item["model"])
+        return "?"
+    raw = OmegaConf.to_container(root, resolve=False).get(key)
+    if isinstance(raw, str) and raw.startswith("${model."):
+        return "the model entry's"
+    return str(raw)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hydra's override grammar: quoted values, with OmegaConf interpolations escaped, so a value is literal.
+
+def hydra_quote(value: str) -> str:
+    """Quote `value` for a Hydra override so it arrives verbatim (spaces, commas, quotes, '=', `${`)."""
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", str(value))  # OmegaConf: literal ${
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)  # Hydra: escape quotes (and \ before)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)  # ... and a trailing backslash run
+    return f"'{text}'"
+
+
+# --------------------------------------------------------------------------------------------------------
+# --model_name -> model overrides.
+
+def _family_of_folder(folder: Path) -> Optional[str]:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    return family_of_pipeline_class(json.loads(index.read_text()).get("_class_name", ""))
+
+
+def _family_of_cached_hub_id(repo_id: str) -> Optional[str]:
+    from diffgentor.pipeline import _cached_hub_model_index
+
+    class_name = _cached_hub_model_index(repo_id, None)
+    return family_of_pipeline_class(class_name) if class_name else None
+
+
+def _base_entry(family: Optional[str], entries: dict) -> str:
+    """The hub entry whose generation defaults (steps, guidance, size) fit a model of `family`."""
+    hub = {name: e for name, e in entries.items() if not e.get("testbed")}
+    same = [name for name, e in hub.items() if e.get("family") == family]
+    return (same or list(hub) or list(entries))[0]
+
+
+def model_overrides(model_name: Optional[str], family: Optional[str]) -> list[str]:
+    """An entry name -> `model=NAME`; an entry's hub id -> that entry; a folder or another hub id ->
+    `model.path=...` on the hub entry of its family (for steps/guidance/size defaults)."""
+    entries = model_entries()
+    if model_name is None:
+        if family:
+            raise CliError("--model_family needs --model_name (a hub id or a local diffusers folder)")
+        return []
+    wanted = model_name.rstrip("/").casefold()
+    for name, entry in entries.items():
+        if name == model_name or str(entry.get("path") or "").casefold() == wanted:
+            if family and entry.get("family") and family != entry["family"]:
+                raise CliError(f"--model_name {model_name} is the '{entry['family']}' entry {name}; "
+                               f"--model_family {family} contradicts it: drop --model_family")
+            return [f"model={name}"]
+    folder = Path(model_name).expanduser()
+    if folder.is_dir():
+        family = family or _family_of_folder(folder)
+        location, label = str(folder.resolve()), folder.resolve().name
+    else:
+        family = family or _family_of_cached_hub_id(model_name)
+        location, label = model_name, model_name
+    return [f"model={_base_entry(family, entries)}", f"model.name={hydra_quote(label)}",
+            f"model.path={hydra_quote(location)}", "model.testbed=null",
+            f"model.family={family}" if family else "model.family=null"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# t2i: flags -> overrides.
+
+def _attention_option(args: argparse.Namespace) -> Optional[str]:
+    backend = args.attention_backend
+    if args.enable_xformers:
+        if backend not in (None, "xformers"):
+            raise CliError(
+                f"--enable_xformers and --attention_backend {backend} both choose the attention backend "
+                f"(xformers vs {backend}: they cannot be combined, see the compatibility matrix); keep one")
+        backend = "xformers"
+    return backend
+
+
+def _passthrough_value(passthrough: Sequence[str], key: str) -> Optional[str]:
+    for item in passthrough:
+        if item.startswith(f"{key}="):
+            return item.split("=", 1)[1].strip("'\"") or None
+    return None
+
+
+def translate(args: argparse.Namespace, passthrough: Sequence[str] = ()) -> list[str]:
+    """The Hydra overrides `diffgentor t2i ARGS -- PASSTHROUGH` stands for (pass-through not included)."""
+    if args.backend not in SUPPORTED_BACKENDS:
+        raise CliError(f"--backend {args.backend} is not supported; supported backends: "
+                       f"{', '.join(SUPPORTED_BACKENDS)}")
+    family = args.model_family or _passthrough_value(passthrough, "model.family")
+    out = model_overrides(args.model_name, family)
+    values = (
+        ("precision", TORCH_DTYPES.get(args.torch_dtype) if args.torch_dtype else None, False),
+        ("prompt", args.prompt, True),
+        ("prompts_file", _absolute(args.prompts_file), True),
+        ("negative_prompt", args.negative_prompt, True),
+        ("steps", args.num_inference_steps, False),
+        ("guidance_scale", args.guidance_scale, False),
+        ("height", args.height, False),
+        ("width", args.width, False),
+        ("seed", args.seed, False),
+        ("num_images_per_prompt", args.num_images_per_prompt, False),
+        ("batch_size", args.batch_size, False),
+        ("device", args.device, True),
+        ("benchmark.warmup", args.warmup, False),
+        ("benchmark.repeats", args.repeats, False),
+    )
+    out += [f"{key}={hydra_quote(v) if quote else v}" for key, v, quote in values if v is not None]
+    if args.enable_tf32 is not None:
+        out.append(f"precision.tf32={str(args.enable_tf32).lower()}")
+    if args.enable_fuse_qkv:
+        out.append("fuse_qkv=true")
+    attention = _attention_option(args)
+    if attention:
+        out.append(f"+attention={attention}")
+    if args.cache_type:
+        out.append(f"+cache={args.cache_type}")
+    for flag in ("compile_mode", "compile_regional"):
+        if getattr(args, flag) and not args.enable_compile:
+            raise CliError(f"--{flag} needs --enable_compile")
+    if args.enable_compile:
+        out.append(f"+compile={args.compile_mode or COMPILE_FROM_ENV_OPTION}")
+    if args.compile_regional:
+        out.append("compile.regional=true")
+    if args.output_dir:
+        key = "hydra.sweep.dir" if any(f in passthrough for f in _MULTIRUN_FLAGS) else "hydra.run.dir"
+        out.append(f"{key}={hydra_quote(_absolute(args.output_dir))}")
+    if args.dry_run:
+        out.append("dry_run=true")
+    return out
+
+
+def _absolute(path: Optional[str]) -> Optional[str]:
+    return str(Path(path).expanduser().absolute()) if path else None
+
+
+def hydra_argv(overrides: Sequence[str], passthrough: Sequence[str]) -> list[str]:
+    """Hydra's own flags from the pass-through first (its parser wants them before the overrides)."""
+    from hydra._internal.utils import get_args_parser
+
+    hydra_errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(hydra_errors):
+            parsed = get_args_parser().parse_intermixed_args(list(passthrough))
+    except SystemExit:
+        reason = hydra_errors.getvalue().strip().splitlines()[-1:] or ["?"]
+        raise CliError(f"after `--`: {reason[0].split('error: ', 1)[-1]} (see `python -m diffgentor --help`)") \
+            from None
+    extra = list(parsed.overrides or [])
+    flags = list(passthrough)
+    for item in extra:
+        flags.remove(item)
+    return [*flags, *overrides, *extra]
+
+
+def run_hydra_app(argv: Sequence[str]) -> None:
+    """Run `python -m diffgentor ARGV` in this process: the same hydra.main, reading sys.argv."""
+    from diffgentor.__main__ import main as hydra_main
+
+    saved = sys.argv
+    sys.argv = ["diffgentor", *argv]
+    try:
+        hydra_main()
+    finally:
+        sys.argv = saved
+
+
+def shell_quote(token: str) -> str:
+    """shlex.quote, but a token holding single quotes (a quoted override) reads better in double quotes."""
+    quoted = shlex.quote(token)
+    if quoted == token or "'" not in token:
+        return quoted
+    return '"' + re.sub(r'([\\"$`])', r"\\\1", token) + '"'
+
+
+def cmd_t2i(args: argparse.Namespace, passthrough: Sequence[str]) -> None:
+    overrides = translate(args, passthrough)
+    argv = hydra_argv(overrides, passthrough)
+    if args.dry_run:
+        print(f"translated to: python -m diffgentor {' '.join(map(shell_quote, argv))}".rstrip(), flush=True)
+    run_hydra_app(argv)
+
+
+# --------------------------------------------------------------------------------------------------------
+# report, support
+
+def cmd_report(args: argparse.Namespace, passthrough: Sequence[str]) -> None:
+    sweep_dir = Path(args.sweep_dir).expanduser()
+    if not sweep_dir.is_dir():
+        raise CliError(f"{args.sweep_dir}: no such folder; give a sweep folder written by "
+                       "`python -m diffgentor -m ...` (e.g. multirun/<date>/<time>)")
+    try:
+        from diffgentor.sweep import rebuild_report
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name not in (None, "diffgentor.sweep"):
+            raise  # sweep.py exists but needs something missing: show the real failure
+        raise CliError("`diffgentor report` is not available in this build: diffgentor.sweep.rebuild_report "
+                       f"is missing ({exc})") from None
+    result = rebuild_report(sweep_dir, **({"baseline": args.baseline} if args.baseline is not None else {}))
+    print(f"{sweep_dir}: {result}" if result else f"report rebuilt in {sweep_dir}")
+
+
+def support_table(markdown: bool = False) -> str:
+    """The optimizer x pipeline-family matrix and the conflicting pairs, generated from optimize/compat.py."""
+    from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
+    from diffgentor.optimize.registry import STAGE_OF, load_all
+
+    registered = set(load_all())
+    names = sorted(registered | set(FAMILY_SUPPORT), key=lambda n: (STAGE_OF.get(n, len(STAGE_OF)), n))
+    families = list(FAMILIES)
+    rows = [[n] + ["✓" if f in families_supporting(n) else "✗" for f in families] for n in names]
+    reasons = [(n, FAMILY_SUPPORT[n].reason if n in FAMILY_SUPPORT else "not in the compatibility table")
+               for n in names if families_supporting(n) != frozenset(families)]
+    header = ["optimizer", *families]
+    lines = []
+    if markdown:
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else c for i, c in enumerate(r)) + " |" for r in rows]
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        lines += ["  ".join(c.center(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                  for r in rows]
+    bullet = "- " if markdown else "  "
+    if reasons:
+        lines += ["", "Refused elsewhere because:"]
+        lines += [f"{bullet}{n}: {reason or 'no reason given'}" for n, reason in reasons]
+    lines += ["", "Conflicting pairs (error: refused at plan time; warn: runs, with a warning):"]
+    lines += [f"{bullet}{c.first} x {c.second} ({c.severity}): {c.reason}" for c in CONFLICTS] or \
+             [f"{bullet}(none)"]
+    unregistered = sorted(set(FAMILY_SUPPORT) - registered)
+    if unregistered:
+        lines += ["", f"In the table but not installed in this build: {', '.join(unregistered)}"]
+    return "\n".join(lines)
+
+
+def cmd_support(args: argparse.Namespace, passthrough: Sequence[str]) -> None:
+    print("Optimizer x pipeline family (diffgentor/optimize/compat.py; ✓ = takes effect, "
+          "✗ = refused before any weights load)\n\n" if args.format == "text" else "", end="")
+    print(support_table(markdown=args.format == "markdown"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The parser.
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one `error:` line and exit 1, like every other user error."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        hint = "; Hydra overrides go after `--`" if message.startswith("unrecognized arguments") else ""
+        print(f"error: {self.prog}: {message}{hint} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(1)
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def _env_epilog() -> str:
+    width = max(map(len, DOCUMENTED_VARIABLES))
+    lines = [f"  {name.ljust(width)}  {text}" for name, text in DOCUMENTED_VARIABLES.items()]
+    return ("environment variables (read by the config, so `python -m diffgentor` honours them too;\n"
+            "a malformed value is an error naming the variable):\n" + "\n".join(lines))
+
+
+def _add_t2i(subparsers) -> None:
+    entries = model_entries()
+    width = max(map(len, entries))
+    models = "\n".join(f"  {n.ljust(width)}  {e.get('path') or 'embedded testbed, offline'} "
+                       f"({e.get('family')})" for n, e in entries.items())
+    p = subparsers.add_parser(
+        "t2i", help="text to image: the seed's flags, translated to Hydra overrides",
+        formatter_class=_FORMATTER,
+        description="Text to image with optional speed optimizations. The flags become Hydra overrides of\n"
+                    "the config `python -m diffgentor` composes (--dry_run prints them and the plan).",
+        epilog="examples:\n"
+               "  diffgentor t2i --backend diffusers --model_name black-forest-labs/FLUX.1-dev \\\n"
+               "      --prompt \"A landscape\" --torch_dtype bfloat16 --enable_compile \\\n"
+               "      --attention_backend flash --cache_type first_block_cache --enable_fuse_qkv\n"
+               "  diffgentor t2i --model_name tiny-sdxl --cache_type deep_cache --dry_run\n"
+               "  diffgentor t2i --cache_type first_block_cache -- cache.threshold=0.3   "
+               "# extra Hydra overrides after --\n"
+               "  diffgentor t2i --cache_type pab -- -m seed=0,1,2                      "
+               "# Hydra flags too (a sweep)\n\n"
+               "models (--model_name takes the entry name or the hub id it stands for):\n" + models + "\n\n"
+               + _env_epilog())
+    p.add_argument("--backend", default="diffusers", metavar="NAME",
+                   help=f"inference backend; supported: {', '.join(SUPPORTED_BACKENDS)} (default: diffusers)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model_name", metavar="NAME_OR_PATH",
+                   help="a model entry or its hub id (listed below), any other hub id, or a local "
+                        f"diffusers folder (default: {_root_default('model')})")
+    g.add_argument("--model_family", choices=sorted(FAMILIES),
+                   help="pipeline family of a hub id or folder diffgentor cannot inspect before loading "
+                        "(an uncached hub id offline); picks the generation defaults too "
+                        "(default: read from model_index.json)")
+    g.add_argument("--torch_dtype", choices=list(TORCH_DTYPES), metavar="DTYPE",
+                   help="weights/compute dtype: bfloat16, float16, float32 (or bf16, fp16, fp32, auto) "
+                        "(default: auto = bfloat16 on CUDA, float32 elsewhere)")
+    g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {_root_default('device')})")
+
+    g = p.add_argument_group("generation")
+    g.add_argument("--prompt", help=f"the prompt (default: {_root_default('prompt')!r})")
+    g.add_argument("--prompts_file", "--prompt_file", metavar="PATH",
+                   help=".txt (one prompt a line), .jsonl ({\"prompt\", \"seed\"?, \"negative_prompt\"?}) or "
+                        ".csv (a prompt column); replaces --prompt")
+    g.add_argument("--negative_prompt", help="for pipelines that take one (default: none)")
+    g.add_argument("--num_inference_steps", "--steps", type=int, metavar="N",
+                   help="denoising steps (default: the model entry's, e.g. 28 for flux-dev)")
+    g.add_argument("--guidance_scale", type=float, metavar="G", help="(default: the model entry's)")
+    g.add_argument("--height", type=int, metavar="PX", help="(default: the model entry's)")
+    g.add_argument("--width", type=int, metavar="PX", help="(default: the model entry's)")
+    g.add_argument("--seed", type=int, help=f"image i uses seed + i (default: {_root_default('seed')})")
+    g.add_argument("--num_images_per_prompt", type=int, metavar="N",
+                   help=f"(default: {_root_default('num_images_per_prompt')})")
+    g.add_argument("--batch_size", type=int, metavar="N",
+                   help=f"images per pipeline call (default: {_root_default('batch_size')})")
+    g.add_argument("--warmup", type=int, metavar="N",
+                   help="untimed warmup calls (default: 1 on CUDA, 0 on CPU)")
+    g.add_argument("--repeats", type=int, metavar="N",
+                   help="timed calls per batch; latency is their median (default: 1)")
+
+    g = p.add_argument_group("optimizations", "each maps to a config group option; see `diffgentor support`")
+    g.add_argument("--enable_tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="TF32 matmul math on Ampere+ GPUs (default: on)")
+    g.add_argument("--enable_compile", action="store_true",
+                   help="torch.compile the components in DG_COMPILE_COMPONENTS with DG_COMPILE_MODE "
+                        "(default mode: max-autotune-no-cudagraphs)")
+    g.add_argument("--compile_mode", choices=compile_modes(), metavar="MODE",
+                   help=f"{', '.join(compile_modes())}: wins over DG_COMPILE_MODE (with --enable_compile)")
+    g.add_argument("--compile_regional", action="store_true",
+                   help="compile only the repeated blocks: far less compile time (with --enable_compile)")
+    g.add_argument("--attention_backend", choices=group_options("attention"), metavar="BACKEND",
+                   help=f"attention backend: {', '.join(group_options('attention'))} (default: the model's own)")
+    g.add_argument("--enable_xformers", action="store_true",
+                   help="same as --attention_backend xformers (kept for backwards compatibility)")
+    g.add_argument("--enable_fuse_qkv", action="store_true", help="fuse the Q, K, V projections")
+    g.add_argument("--cache_type", choices=group_options("cache"), metavar="CACHE",
+                   help=f"step cache: {', '.join(group_options('cache'))} (default: none)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--output_dir", "--output-dir", metavar="DIR",
+                   help="run folder for images and run.json (default: outputs/<date>/<time>)")
+    g.add_argument("--dry_run", action="store_true",
+                   help="print the Hydra overrides and the optimization plan; load nothing")
+    p.set_defaults(handler=cmd_t2i)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="diffgentor", formatter_class=_FORMATTER, allow_abbrev=False,
+        description="Diffusion inference speed optimizations, measured. `diffgentor t2i` takes the seed's "
+                    "flags;\n`python -m diffgentor [hydra overrides]` is the same app, configured directly.",
+        epilog="run `diffgentor t2i --help` for the flags.\n\n" + _env_epilog())
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_t2i(subparsers)
+
+    p = subparsers.add_parser("report", help="rebuild a sweep's summary (table, plots, image grid)",
+                              formatter_class=_FORMATTER,
+                              description="Rebuild the summary of a finished or interrupted sweep folder.")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a folder written by `python -m diffgentor -m ...`")
+    p.add_argument("--baseline", metavar="JOB",
+                   help="the job to compare against: a job number or an override it ran with "
+                        "(default: the sweep's sweep.baseline, else the job without optimizations)")
+    p.set_defaults(handler=cmd_report)
+
+    p = subparsers.add_parser("support", help="print the optimizer x pipeline-family support table",
+                              formatter_class=_FORMATTER,
+                              description="The compatibility matrix diffgentor checks before loading weights.")
+    p.add_argument("--format", choices=("text", "markdown"), default="text", help="(default: text)")
+    p.set_defaults(handler=cmd_support)
+    for action in subparsers.choices.values():
+        action.allow_abbrev = False
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("diffgentor")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Everything after the first `--` goes to Hydra untouched."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    own, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(own)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        print("\nerror: choose a command: t2i, report or support", file=sys.stderr)
+        sys.exit(1)
+    if passthrough and args.command != "t2i":
+        parser.error(f"{args.command} takes no Hydra overrides after `--`")
+    handler: Callable = args.handler
+    try:
+        handler(args, passthrough)
+    except DiffgentorError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
