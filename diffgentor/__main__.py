@@ -25,26 +25,63 @@ def _show_full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def _job_failed(exc: Exception, cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    """In a multirun, no failure stops the sweep: the error is printed (with its traceback unless it is a user
+    error), the job's run.json says "failed", and main() exits 1 once the sweep summary is written."""
+    from diffgentor.resume import failure_message, record_failure
+
+    if _show_full_errors() or not isinstance(exc, DiffgentorError):
+        log.error("job failed: %s", run_dir, exc_info=exc)
+    print(f"error: {exc if isinstance(exc, DiffgentorError) else failure_message(exc)}", file=sys.stderr)
+    record_failure(run_dir, cfg, overrides, exc)
+
+
+def _skip_if_done(cfg: DictConfig, run_dir: Path) -> bool:
+    """resume=true: True (and a line saying so) when run_dir already holds this config's finished run."""
+    from diffgentor.resume import completed
+    from diffgentor.run import config_as_dict, resolve_config
+
+    resolve_config(cfg)  # a config that does not resolve fails here as it would in execute()
+    if completed(run_dir, config_as_dict(cfg)) is None:
+        return False
+    print(f"skipped (resume=true): {run_dir / 'run.json'} is ok for this config")
+    return True
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run one job; a user error is one line on stderr and a non-zero exit (a sweep goes on)."""
+def hydra_app(cfg: DictConfig) -> None:
+    """Run one job; a user error is one line on stderr and a non-zero exit; in a multirun, see _job_failed."""
     from diffgentor.run import execute
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
     try:
-        data = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
-    except DiffgentorError as exc:
-        if _show_full_errors():
+        if cfg.resume and _skip_if_done(cfg, run_dir):
+            return None
+        data = execute(cfg, run_dir, overrides)
+    except Exception as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            _job_failed(exc, cfg, run_dir, overrides)
+            return None
+        if not isinstance(exc, DiffgentorError) or _show_full_errors():
             raise
         print(f"error: {exc}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return None
         sys.exit(1)
     if data is not None:
         images = len(data["images"])
         print(f"wrote {images} image{'s' * (images != 1)} to {run_dir / 'images'}  (record: {run_dir / 'run.json'})")
     return None
+
+
+def main() -> None:
+    """`python -m diffgentor`: the Hydra app; after a multirun, exit 1 if a job failed (see callbacks.py)."""
+    from diffgentor.callbacks import take_sweep_exit_code
+
+    hydra_app()
+    code = take_sweep_exit_code()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,20 @@ class BenchmarkConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a multirun's summary (diffgentor/sweep.py) compares its jobs.
+
+    `baseline`: the job every other job is compared with: speedup = baseline latency / job latency, and
+    PSNR / SSIM / LPIPS of each image against the baseline's image for the same prompt and seed. null (default):
+    the successful job with no optimizations (only precision settings), the first such when several are; or a
+    job number (`sweep.baseline=0`), a job folder name, or the job's overrides quoted
+    (`'sweep.baseline="+cache=none"'`). The summary says which job it used and why.
+    """
+
+    baseline: Optional[str] = None
+
+
+@dataclass
 class RunConfig:
     """One run: a model, its precision, optional optimizer groups, and what to generate."""
 
@@ -101,6 +115,11 @@ class RunConfig:
     cache_dir: str = "~/.cache/diffgentor"
     #: Show tqdm progress bars (images, and denoising steps).
     progress: bool = True
+    #: Multirun summary settings (baseline choice).
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    #: Rerunning a sweep into the same folder (hydra.sweep.dir=...): skip each job whose run.json is "ok" for
+    #: the same resolved config (hashed without resume, progress, cache_dir, sweep) and has all its images.
+    resume: bool = False
 
 
 def register_configs() -> None:

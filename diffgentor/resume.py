@@ -1,0 +1,70 @@
+"""One sweep job's bookkeeping around run.py: the config hash that `resume=true` compares, the skip decision,
+and the failed run.json of a job that stopped before run.py started its record (a refused plan, a bad
+prompts file), so that every job of a sweep leaves a record the summary can list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from diffgentor.record import RUN_FILE, write_json_atomic
+
+#: Top-level keys that do not change what a job computes: left out of the hash. (hydra.* is never in a job's
+#: config; `cache_dir` only says where the embedded testbeds are stored; `sweep` only affects the summary.)
+VOLATILE_KEYS = frozenset({"resume", "progress", "cache_dir", "sweep"})
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a resolved config (as run.json stores it), volatile keys left out."""
+    kept = {key: value for key, value in config.items() if key not in VOLATILE_KEYS}
+    # One JSON round trip first, so a live config and one read back from run.json hash the same.
+    canonical = json.dumps(json.loads(json.dumps(kept, default=str)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def read_record(run_dir: Path) -> Optional[dict]:
+    """The job's run.json, or None when there is none (or it is unreadable: a job killed mid-write of an
+    older, non-atomic record)."""
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def completed(run_dir: Path, config: dict) -> Optional[dict]:
+    """The job's run.json when it is done for this very config: status ok, same hash, every image present."""
+    record = read_record(run_dir)
+    if not record or record.get("status") != "ok" or not isinstance(record.get("config"), dict):
+        return None
+    if config_hash(record["config"]) != config_hash(config):
+        return None
+    if not all((run_dir / image["file"]).is_file() for image in record.get("images", [])):
+        return None
+    return record
+
+
+def failure_message(exc: BaseException) -> str:
+    """The one-line error recorded in run.json (the same form run.py records)."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: BaseException) -> None:
+    """Make sure the job's run.json says "failed" with the error. run.py already did when it had started
+    the record; a job refused before that gets a record here, with its config as far as it resolves."""
+    record = read_record(run_dir)
+    if record is not None and record.get("status") == "failed":
+        return
+    if record is None:
+        try:
+            config: Any = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        except Exception:  # the failure may be the config itself (a bad DG_* variable): keep it unresolved
+            config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+        record = {"config": config, "overrides": list(overrides), "images": [], "optimizations": []}
+    record.update(status="failed", error=failure_message(exc))
+    write_json_atomic(run_dir / RUN_FILE, record)
