@@ -61,11 +61,12 @@ class PrecisionConfig:
 class BenchmarkConfig:
     """Timing protocol. Warmup passes run the first batch and are excluded from latency.
 
-    `warmup: null` means 1 on CUDA (kernel selection, allocator, compile) and 0 on CPU.
+    `warmup` defaults to 1 on every device: the first call of a freshly loaded pipeline pays one-time costs
+    (CUDA kernel selection, allocator growth, lazy init, compilation) that are not steady-state latency.
     `repeats` times every batch that many times; latency is the median over all timed calls.
     """
 
-    warmup: Optional[int] = None
+    warmup: int = 1
     repeats: int = 1
 
 

@@ -26,6 +26,11 @@ DOCUMENTED_VARIABLES = {
     "DG_COMPILE_COMPONENTS": "pipeline components to compile, comma separated (default transformer)",
 }
 
+#: Variables whose value must be one of a fixed set, checked when the config resolves.
+CHOICES = {
+    "DG_COMPILE_MODE": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+}
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -75,6 +80,8 @@ def parse_env_value(name: str, raw: str, default: Any) -> Any:
         return _parse_list(name, raw, list(default))
     if not raw.strip():
         raise ConfigError(f"{name} is set but empty: unset it or give a value")
+    if name in CHOICES and raw.strip() not in CHOICES[name]:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(CHOICES[name])}: set e.g. {name}={default}")
     return raw.strip()
 
 

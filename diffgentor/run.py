@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, peak_memory
-from diffgentor.optimize.plan import Plan, apply_plan, build_plan, collect_evidence
+from diffgentor.optimize.plan import Plan, apply_plan, build_plan, collect_evidence, release_plan
 from diffgentor.pipeline import check_size, load_pipeline, resolve_device, resolve_dtype, resolve_source
 from diffgentor.prompts import PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, save_image
@@ -87,6 +87,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         record.finish("failed", error=f"{type(exc).__name__}: {message}")
         raise
+    finally:
+        release_plan(plan)  # process-wide state (attention registry, compiler flags) clean for the next job
     record.finish("ok")
     return record.data
 
@@ -106,11 +108,10 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
     optimize_s = time.perf_counter() - start
     record.update(timings={"load_s": load_s, "optimize_s": optimize_s}, dtype=str(dtype).replace("torch.", ""))
 
-    warmup = run_cfg.benchmark.warmup
     settings = GenerationSettings(
         steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
         width=run_cfg.width, device=device,
-        warmup=(1 if device.startswith("cuda") else 0) if warmup is None else warmup,
+        warmup=run_cfg.benchmark.warmup,
         repeats=run_cfg.benchmark.repeats, extra_kwargs=dict(run_cfg.model.call_kwargs),
     )
     if settings.repeats < 1 or settings.warmup < 0:

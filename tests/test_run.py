@@ -101,7 +101,7 @@ def test_failure_midway_keeps_finished_images(tmp_path, make_config, monkeypatch
 
     monkeypatch.setattr(generate_module, "run_batch", flaky)
     with pytest.raises(RuntimeError, match="simulated"):
-        execute(make_config(["steps=2", "num_images_per_prompt=3"]), tmp_path, [])
+        execute(make_config(["steps=2", "num_images_per_prompt=3", "benchmark.warmup=0"]), tmp_path, [])
     data = json.loads((tmp_path / "run.json").read_text())
     assert data["status"] == "failed"
     assert "simulated out of memory" in data["error"]

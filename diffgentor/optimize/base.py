@@ -9,6 +9,7 @@ An optimizer is a small class registered under a unique name (see registry.py). 
 4. `evidence(pipe)` is called after generation and returns measured facts proving it took effect
    (counts, flags, fused modules, compile time). It must not be empty.
 5. `remove(pipe)` undoes it where that is possible (needed for in-process sweeps).
+6. `release()` undoes only its process-wide side effects, after every run (run.py), applied or failed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class Optimizer:
     config_group: ClassVar[Optional[str]] = None
     #: Structured-config dataclass for the group option (registered in Hydra's ConfigStore).
     Settings: ClassVar[Optional[type]] = None
+    #: The run's device ("cpu", "cuda", ...) and weights dtype (torch.dtype), resolved before load and set by
+    #: plan.build_plan, for checks and settings that depend on them (offload needs an accelerator, ...).
+    device: str = "cpu"
+    dtype: Any = None
 
     def __init__(self, settings: Any = None):
         self.settings = settings
@@ -59,6 +64,10 @@ class Optimizer:
 
     def remove(self, pipe: Any) -> None:
         raise NotImplementedError(f"{self.name} cannot be removed from a loaded pipeline")
+
+    def release(self) -> None:
+        """Undo process-wide side effects (global registries, compiler flags) when the run is over, so the next
+        job of an in-process sweep starts clean; the pipeline is left as it is. Safe when apply() never ran."""
 
 
 @dataclass

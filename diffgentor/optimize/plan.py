@@ -74,16 +74,28 @@ def _alternatives_hint(name: str, family: str) -> str:
     return f"; for this pipeline use: {', '.join(fits)}" if fits else ""
 
 
+def _run_device_and_dtype(run_cfg: Any) -> tuple[str, Any]:
+    """The device and weights dtype the run will load with (as run.py resolves them), known before load."""
+    from diffgentor.pipeline import resolve_device, resolve_dtype
+
+    device = resolve_device(str(getattr(run_cfg, "device", "auto")))
+    precision = getattr(run_cfg, "precision", None)
+    dtype_name = getattr(getattr(precision, "dtype", "auto"), "value", getattr(precision, "dtype", "auto"))
+    return device, resolve_dtype(str(dtype_name), device)
+
+
 def build_plan(run_cfg: Any, family: str) -> Plan:
     """Select, order and check the optimizers `run_cfg` asks for, for a pipeline of `family`."""
     if family not in FAMILIES:
         raise DiffgentorError(f"unknown pipeline family {family!r}; known: {', '.join(sorted(FAMILIES))}")
     plan = Plan(family=family)
+    device, dtype = _run_device_and_dtype(run_cfg)
     for name, cls in sorted(load_all().items(), key=lambda item: STAGE_OF[item[0]]):
         settings = cls.select(run_cfg)
         if settings is None:
             continue
         step = PlanStep(cls(settings))
+        step.optimizer.device, step.optimizer.dtype = device, dtype
         refusal = _family_refusal(name, family)
         if refusal:
             step.supported, step.reason = False, refusal + _alternatives_hint(name, family)
@@ -121,6 +133,12 @@ def apply_plan(plan: Plan, pipe: Any) -> list[OptimizationRecord]:
         step.optimizer.apply(pipe)
         records.append(OptimizationRecord(name=step.name, params=step.optimizer.params(), applied=True))
     return records
+
+
+def release_plan(plan: Plan) -> None:
+    """After the run (ok or failed): every optimizer undoes its process-wide side effects, in reverse order."""
+    for step in reversed(plan.steps):
+        step.optimizer.release()
 
 
 def collect_evidence(plan: Plan, pipe: Any, records: list[OptimizationRecord]) -> None:

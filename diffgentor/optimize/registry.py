@@ -21,16 +21,19 @@ def register(cls: type[Optimizer]) -> type[Optimizer]:
 
 #: Application order, fixed for every run, and why:
 #: - precision first: TF32 flags and dtype affect everything traced or fused after them;
-#: - memory_layout (channels_last, layerwise casting) before fusion so fused weights inherit the layout;
+#: - memory_layout (channels_last) before fusion so fused weights inherit the layout;
 #: - fuse_qkv before attention: the fused projections must exist before processors are swapped;
+#: - storage_dtype (layerwise fp8 casting) after fusion: diffusers cannot build fused layers from fp8 weights
+#:   ("check_uniform_bounds" not implemented for Float8_e4m3fn), and the fused layers must be cast too;
 #: - attention before cache: cache hooks wrap blocks whose processors are already final;
 #: - cache before compile: torch.compile must trace the hooked forward, not the bare one;
 #: - compile before offload: offloading hooks move weights, which must not change traced modules' devices
 #:   under the compiler's feet; vae options last (they touch only the decoder).
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("precision", ("tf32",)),
-    ("memory_layout", ("channels_last", "layerwise_casting")),
+    ("memory_layout", ("channels_last",)),
     ("fuse_qkv", ("fuse_qkv",)),
+    ("storage_dtype", ("layerwise_casting",)),
     ("attention", ("attention",)),
     ("cache", ("deep_cache", "first_block_cache", "pab", "faster_cache", "taylor_seer", "cache_dit",
                "mag_cache")),
@@ -42,7 +45,12 @@ STAGE_OF: dict[str, int] = {name: i for i, (_, names) in enumerate(STAGES) for n
 
 
 #: Modules under diffgentor/optimize/ that register optimizers. Adding an optimizer family adds one line.
-OPTIMIZER_MODULES: tuple[str, ...] = ("precision",)
+OPTIMIZER_MODULES: tuple[str, ...] = (
+    "precision",
+    "channels_last", "fuse_qkv", "layerwise_casting", "attention", "compile", "offload", "vae_memory",
+    "cache.deep_cache", "cache.first_block_cache", "cache.pab", "cache.faster_cache", "cache.taylor_seer",
+    "cache.cache_dit", "cache.mag_cache",
+)
 
 
 def load_all() -> dict[str, type[Optimizer]]:

@@ -1,0 +1,244 @@
+"""torch.compile of pipeline components (`+compile=<option>`), with the compile cost measured, not assumed.
+
+Full mode compiles each component's call in place (what `nn.Module.compile` does), wrapped in a timer that runs
+outside the compiled region; regional mode compiles only the repeated blocks (diffusers'
+`compile_repeated_blocks`) and times the component with forward hooks. The evidence holds the first call's
+time (it includes compilation), the steady per-call time after it, and the dynamo counters the run added:
+graphs, frames compiled, graph breaks and their reasons. No graph compiled during the run is an error.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from diffgentor.errors import ConfigError, UnsupportedError
+from diffgentor.optimize.base import Optimizer
+from diffgentor.optimize.call_counter import counting_inside_compiled
+from diffgentor.optimize.registry import register
+from diffgentor.optimize.targets import check_component_names, component_mapping, resolve_components
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Modes whose extra over their no-CUDA-graphs twin is CUDA graphs, which only exist on CUDA.
+CUDA_GRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+#: Repeated block classes for denoisers that don't declare `_repeated_blocks` in diffusers 0.42.
+REPEATED_BLOCKS_FALLBACK = {
+    "SD3Transformer2DModel": ("JointTransformerBlock",),
+    "PixArtTransformer2DModel": ("BasicTransformerBlock",),
+    "SanaTransformer2DModel": ("SanaTransformerBlock",),
+}
+#: Components whose pipeline entry point is not `forward`: compile the submodule that entry point runs
+#: (pipelines call `vae.decode`, which runs `vae.decoder`; compiling the VAE's forward would never run).
+ENTRY_SUBMODULE = {"vae": "decoder"}
+#: The seed's inductor settings, by Settings field name.
+INDUCTOR_FLAGS = ("conv_1x1_as_mm", "coordinate_descent_tuning", "epilogue_fusion",
+                  "coordinate_descent_check_all_directions")
+
+
+@dataclass
+class CompileSettings:
+    """torch.compile of pipeline components. DG_COMPILE_MODE / DG_COMPILE_FULLGRAPH / DG_COMPILE_COMPONENTS set
+    the defaults (conf/compile/*.yaml); the first call pays the compile (20-40 s per model on a 2-core CPU).
+
+    - `mode`: `max-autotune-no-cudagraphs` (default): autotuned kernels, no CUDA graphs: fast, slow to
+      compile. `max-autotune`: plus CUDA graphs: fastest steady state, more memory, re-records on a new shape.
+      `reduce-overhead`: CUDA graphs without autotuning. `default`: quickest compile, smallest gain. CPU has
+      no CUDA graphs: there the graph modes act like their no-graph twins (recorded as a warning).
+    - `fullgraph`: true fails on the first graph break (to find them); false (default) splits the graph there.
+    - `dynamic`: null lets torch decide (it recompiles once when a shape changes); true compiles for symbolic
+      shapes (no recompiles across resolutions, slightly slower kernels); false specialises every shape.
+    - `components`: pipeline attributes to compile. `transformer` means the denoiser (`unet` on SD/SDXL);
+      a name the pipeline lacks is an error.
+    - `regional`: compile only the repeated blocks (compile_repeated_blocks): about the same steady speed,
+      several times less compile time. Default false (whole model: most fusion across blocks).
+    - `channels_last`: store the components' 4-D (conv) weights channels-last before compiling: faster
+      convolutions (UNets); DiTs have almost no conv weights, and the evidence says how many were converted.
+    - Inductor (the seed's four, process-wide while compiled): `conv_1x1_as_mm` (1x1 convs as matmuls),
+      `coordinate_descent_tuning` (tune kernel block sizes: slower compile, faster kernels),
+      `epilogue_fusion` (off in the seed: keeps matmul templates free of fused pointwise epilogues),
+      `coordinate_descent_check_all_directions` (wider tuning search: slower compile).
+    """
+
+    name: str = "max-autotune-no-cudagraphs"
+    mode: str = "max-autotune-no-cudagraphs"
+    fullgraph: bool = False
+    dynamic: Optional[bool] = None
+    components: list[str] = field(default_factory=lambda: ["transformer"])
+    regional: bool = False
+    channels_last: bool = True
+    conv_1x1_as_mm: bool = True
+    coordinate_descent_tuning: bool = True
+    epilogue_fusion: bool = False
+    coordinate_descent_check_all_directions: bool = True
+
+
+class CallTimer:
+    """Wall time of every call of one component (synchronised on CUDA); the first call includes compiling."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.durations_s: list[float] = []
+        self._start = 0.0
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def start(self, *_: Any) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def stop(self, *_: Any) -> None:
+        self._sync()
+        self.durations_s.append(time.perf_counter() - self._start)
+
+    def wrap(self, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.start()
+            out = fn(*args, **kwargs)
+            self.stop()
+            return out
+        return timed
+
+    def summary(self) -> dict:
+        if not self.durations_s:
+            return {"calls": 0}
+        first, rest = self.durations_s[0], self.durations_s[1:]
+        steady = statistics.median(rest) if rest else None
+        return {
+            "calls": len(self.durations_s),
+            "first_call_s": first,
+            "steady_call_s": steady,
+            "compile_overhead_s": first - steady if steady is not None else None,
+        }
+
+
+def dynamo_counters() -> dict:
+    """The dynamo counters the evidence reports (process-wide; the evidence takes differences)."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "graphs": counters["stats"]["unique_graphs"],
+        "frames_compiled": counters["frames"]["ok"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "graph_break_reasons": dict(counters["graph_break"]),
+    }
+
+
+def _inductor_config() -> Any:
+    import torch._inductor.config as inductor_config
+
+    return inductor_config
+
+
+@register
+class Compile(Optimizer):
+    name = "compile"
+    config_group = "compile"
+    Settings = CompileSettings
+
+    @classmethod
+    def select(cls, run_cfg: Any) -> Any:
+        group = getattr(run_cfg, "compile", None)
+        return group if getattr(group, "name", None) not in (None, "none") else None
+
+    def check(self, family: str) -> None:
+        s = self.settings
+        if s.mode not in MODES:
+            raise ConfigError(f"compile.mode={s.mode!r} is not a torch.compile mode; use one of {', '.join(MODES)}")
+        if not s.components:
+            raise ConfigError("compile.components is empty: name at least one, e.g. compile.components=[transformer]")
+        check_component_names("compile.components", s.components, family)
+
+    def apply(self, pipe: Any) -> None:
+        s = self.settings
+        self._mapping = component_mapping(s.components, pipe)
+        components = resolve_components("compile.components", s.components, pipe)
+        for name, attr in ENTRY_SUBMODULE.items():
+            if name in components and hasattr(components[name], attr):
+                components[name] = getattr(components[name], attr)
+                self._mapping = {k: f"{v}.{attr}" if v == name else v for k, v in self._mapping.items()}
+        self._set_inductor_flags()
+        if s.mode in CUDA_GRAPH_MODES and self.device.startswith("cuda"):
+            counting_inside_compiled(False)
+        self._before = dynamo_counters()
+        self._timers: dict[str, CallTimer] = {}
+        self._handles: list = []
+        self._compiled: dict[str, list] = {}
+        options = {"mode": s.mode, "fullgraph": s.fullgraph, "dynamic": s.dynamic}
+        for name, module in components.items():
+            timer = self._timers[name] = CallTimer(self.device)
+            if s.regional:
+                self._compiled[name] = self._compile_blocks(name, module, options)
+                self._handles += [module.register_forward_pre_hook(timer.start),
+                                  module.register_forward_hook(timer.stop)]
+            else:
+                module._compiled_call_impl = timer.wrap(torch.compile(module._call_impl, **options))
+                self._compiled[name] = [module]
+
+    @staticmethod
+    def _compile_blocks(name: str, module: torch.nn.Module, options: dict) -> list:
+        classes = getattr(module, "_repeated_blocks", None) or REPEATED_BLOCKS_FALLBACK.get(type(module).__name__)
+        if not classes:
+            raise UnsupportedError(
+                f"compile.regional: {name} ({type(module).__name__}) has no known repeated blocks; "
+                "use compile.regional=false"
+            )
+        blocks = [m for m in module.modules() if type(m).__name__ in classes]
+        if not blocks:
+            raise UnsupportedError(f"compile.regional: no {', '.join(classes)} block found in {name}; "
+                                   "use compile.regional=false")
+        for block in blocks:
+            block.compile(**options)
+        return blocks
+
+    def _set_inductor_flags(self) -> None:
+        config = _inductor_config()
+        self._previous_flags = {flag: getattr(config, flag) for flag in INDUCTOR_FLAGS}
+        for flag in INDUCTOR_FLAGS:
+            setattr(config, flag, getattr(self.settings, flag))
+
+    def evidence(self, pipe: Any) -> dict:
+        after = dynamo_counters()
+        added = {k: after[k] - self._before[k] for k in ("graphs", "frames_compiled", "graph_breaks")}
+        if added["graphs"] <= 0:
+            raise UnsupportedError("compile: no graph was compiled during the run, so compile had no effect")
+        idle = [name for name, timer in self._timers.items() if not timer.durations_s]
+        if idle:
+            raise UnsupportedError(f"compile: {', '.join(idle)} was compiled but never called during the run; "
+                                   "drop it from compile.components")
+        reasons = {r.splitlines()[0][:160]: n - self._before["graph_break_reasons"].get(r, 0)
+                   for r, n in after["graph_break_reasons"].items()}
+        config = _inductor_config()
+        evidence = {
+            "components": self._mapping,
+            "regional": self.settings.regional,
+            "compiled_modules": {name: len(mods) for name, mods in self._compiled.items()},
+            "timing": {name: timer.summary() for name, timer in self._timers.items()},
+            "dynamo": {**added, "graph_break_reasons": {r: n for r, n in reasons.items() if n > 0}},
+            "inductor": {flag: getattr(config, flag) for flag in INDUCTOR_FLAGS},
+        }
+        twin = CUDA_GRAPH_MODES.get(self.settings.mode)
+        if twin and not self.device.startswith("cuda"):
+            evidence["warnings"] = [f"mode {self.settings.mode} adds CUDA graphs, which {self.device} lacks: "
+                                    f"it ran like {twin}"]
+        return evidence
+
+    def release(self) -> None:
+        """Inductor flags and in-graph call counting back to what they were before this run."""
+        config = _inductor_config()
+        for flag, value in getattr(self, "_previous_flags", {}).items():
+            setattr(config, flag, value)
+        counting_inside_compiled(True)
+
+    def remove(self, pipe: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for modules in self._compiled.values():
+            for module in modules:
+                module._compiled_call_impl = None
+        self.release()
