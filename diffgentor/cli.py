@@ -398,7 +398,7 @@ def _add_t2i(subparsers) -> None:
     g.add_argument("--batch_size", type=int, metavar="N",
                    help=f"images per pipeline call (default: {_root_default('batch_size')})")
     g.add_argument("--warmup", type=int, metavar="N",
-                   help="untimed warmup calls (default: 1 on CUDA, 0 on CPU)")
+                   help="untimed warmup calls on the first batch (default: 1)")
     g.add_argument("--repeats", type=int, metavar="N",
                    help="timed calls per batch; latency is their median (default: 1)")
 
