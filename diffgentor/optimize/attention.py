@@ -112,9 +112,7 @@ class AttentionBackend(Optimizer):
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
-        group = getattr(run_cfg, "attention", None)
-        name = getattr(group, "name", None)
-        return group if name not in (None, "none") else None
+        return cls.active_group(run_cfg)
 
     @property
     def option(self) -> str:

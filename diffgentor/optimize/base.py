@@ -36,6 +36,13 @@ class Optimizer:
         self.settings = settings
 
     @classmethod
+    def active_group(cls, run_cfg: Any, group_name: Optional[str] = None) -> Any:
+        """The settings of config group `group_name` (default: this optimizer's), unless absent or `none`;
+        for groups whose every option selects the same optimizer (attention backends, compile modes)."""
+        group = getattr(run_cfg, group_name or cls.config_group, None)
+        return group if getattr(group, "name", None) not in (None, "none") else None
+
+    @classmethod
     def select(cls, run_cfg: Any) -> Any:
         """Return this optimizer's settings if `run_cfg` asks for it, else None."""
         group = getattr(run_cfg, cls.config_group, None) if cls.config_group else None

@@ -27,8 +27,8 @@ class ChannelsLast(Optimizer):
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
-        group = getattr(run_cfg, "compile", None)
-        if getattr(group, "name", None) in (None, "none") or not getattr(group, "channels_last", False):
+        group = cls.active_group(run_cfg, "compile")
+        if group is None or not getattr(group, "channels_last", False):
             return None
         return {"components": list(group.components)}
 

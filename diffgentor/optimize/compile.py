@@ -143,8 +143,7 @@ class Compile(Optimizer):
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
-        group = getattr(run_cfg, "compile", None)
-        return group if getattr(group, "name", None) not in (None, "none") else None
+        return cls.active_group(run_cfg)
 
     def check(self, family: str) -> None:
         s = self.settings
