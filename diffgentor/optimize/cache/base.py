@@ -1,0 +1,133 @@
+"""What every cache optimizer shares: find the denoiser, measure it, prove the skipping, remove cleanly.
+
+A cache's life: `check` (optional package present? settings valid for this family?) before load; `apply`
+attaches the measurement (DenoiseTracker, ComputeCounter) and then the cache itself (`install`); after the
+run, `evidence` reports what was measured, loudly flagging a run that skipped nothing; `remove` takes the
+cache off, then the measurement, leaving the pipeline as it was.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from diffgentor.errors import ConfigError, MissingPackageError, UnsupportedError
+from diffgentor.families import FAMILIES, family_of_pipeline_class
+from diffgentor.optimize.base import Optimizer
+from diffgentor.optimize.cache.context import DenoiseTracker
+from diffgentor.optimize.cache.counting import FULL_SHARE, ComputeCounter
+
+
+def pipeline_family(pipe: Any) -> str:
+    family = family_of_pipeline_class(type(pipe).__name__)
+    if family is None:
+        raise UnsupportedError(f"{type(pipe).__name__} is not a pipeline class diffgentor knows; "
+                               f"supported families: {', '.join(sorted(FAMILIES))}")
+    return family
+
+
+def unwrap_compiled(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "_orig_mod", module)
+
+
+def require_range(field: str, value: Any) -> tuple[int, int]:
+    """A (low, high) timestep range from a 2-item list, low < high; else a ConfigError naming the field."""
+    if value is None or len(value) != 2 or not value[0] < value[1]:
+        raise ConfigError(f"cache.{field}={value!r}: give two timesteps [low, high] with low < high, "
+                          f"e.g. cache.{field}=[100,800]")
+    return int(value[0]), int(value[1])
+
+
+def require_at_least(field: str, value: Any, minimum: float) -> None:
+    if value is None or value < minimum:
+        raise ConfigError(f"cache.{field}={value!r}: must be >= {minimum}")
+
+
+class CacheOptimizer(Optimizer):
+    """Base of the `cache` group's optimizers; subclasses implement install / uninstall (and may add
+    check_settings, cache_evidence)."""
+
+    config_group = "cache"
+    #: (import name, pip package, diffgentor extra) of the optional package the cache needs, if any.
+    requires: ClassVar[Optional[tuple[str, str, str]]] = None
+    #: Which knob to turn when a run skipped nothing; ends the warning.
+    no_skip_hint: ClassVar[str] = ""
+
+    denoiser: torch.nn.Module
+    tracker: DenoiseTracker
+    counter: ComputeCounter
+
+    def tags(self) -> set[str]:
+        return {self.name, "cache"}
+
+    def check(self, family: str) -> None:
+        if self.requires is not None:
+            module, package, extra = self.requires
+            if importlib.util.find_spec(module) is None:
+                raise MissingPackageError(f"+cache={self.name}", package, extra)
+        self.check_settings(family)
+
+    def check_settings(self, family: str) -> None:
+        """Refuse settings that cannot work (ConfigError naming the field), before load."""
+
+    def supplies_context(self) -> bool:
+        """Whether the tracker must set diffusers' cache context around each denoiser call."""
+        return False
+
+    def install(self, pipe: Any) -> None:
+        raise NotImplementedError
+
+    def uninstall(self, pipe: Any) -> None:
+        raise NotImplementedError
+
+    def no_skip_advice(self) -> str:
+        return self.no_skip_hint
+
+    def cache_evidence(self, pipe: Any) -> dict:
+        """The cache's own account (resolved settings, its statistics); merged into the evidence."""
+        return {}
+
+    def apply(self, pipe: Any) -> None:
+        self.family = pipeline_family(pipe)
+        self.denoiser = unwrap_compiled(getattr(pipe, FAMILIES[self.family].denoiser))
+        self.check_settings(self.family)
+        self.tracker = DenoiseTracker(pipe, self.denoiser, supply_context=self.supplies_context())
+        self.counter = ComputeCounter(self.denoiser, lambda: self.tracker.generation)
+        # Measurement first: the cache's hooks must wrap the counted layers, not the other way round.
+        self.tracker.attach()
+        self.counter.attach()
+        try:
+            self.install(pipe)
+        except BaseException:
+            self.counter.detach()
+            self.tracker.detach()
+            raise
+
+    def evidence(self, pipe: Any) -> dict:
+        measured = self.counter.summary()
+        evidence = {"steps_run": self.tracker.steps_run, "generations": self.tracker.generation, **measured}
+        own = self.cache_evidence(pipe)
+        warnings = list(own.pop("warnings", []))
+        evidence.update(own)
+        fraction = measured["compute_fraction"]
+        if fraction is None:
+            evidence["skipped_nothing"] = None
+            warnings.append("no denoiser block computation was measured (did the denoiser run?): "
+                            "compute_fraction is unknown")
+        else:
+            evidence["skipped_nothing"] = fraction >= FULL_SHARE
+            if evidence["skipped_nothing"]:
+                calls = measured["block_calls"]["total"]
+                warnings.append(
+                    f"SKIPPED NOTHING: all {calls} denoiser block calls over {self.tracker.steps_run} steps "
+                    f"were computed (compute_fraction 1.0), so this cache only added overhead. "
+                    f"{self.no_skip_advice()}".rstrip())
+        evidence["warnings"] = warnings
+        return evidence
+
+    def remove(self, pipe: Any) -> None:
+        self.uninstall(pipe)
+        self.counter.detach()
+        self.tracker.detach()

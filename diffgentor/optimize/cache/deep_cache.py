@@ -1,0 +1,62 @@
+"""DeepCache (the DeepCache package's DeepCacheSDHelper) on UNet pipelines: SD 1.x/2.x and SDXL.
+
+A UNet's deep features change slowly between steps: every `cache_interval` steps the whole UNet runs and the
+output of one up-block branch is cached; in between only the shallow layers down to that branch run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from diffgentor.errors import UnsupportedError
+from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
+from diffgentor.optimize.registry import register
+
+#: DeepCache numbers the skip branches 3 per down block (its two layers and the downsampler).
+BRANCHES_PER_BLOCK = 3
+
+
+@dataclass
+class DeepCacheSettings:
+    """DeepCache: run the full UNet every N steps, only its shallow branch in between.
+
+    - `cache_interval` (default 3, `DG_CACHE_INTERVAL`): N. Higher is faster and drifts more; 1 never caches.
+    - `cache_branch_id` (default 0, `DG_CACHE_BRANCH_ID`): the skip branch whose deeper part is cached
+      (3 per down block: block = id // 3, layer = id % 3). 0, the shallowest, skips the most work; higher ids
+      recompute more layers on cached steps (slower, more faithful).
+    """
+
+    name: str = "deep_cache"
+    cache_interval: int = 3
+    cache_branch_id: int = 0
+
+
+@register
+class DeepCache(CacheOptimizer):
+    name = "deep_cache"
+    Settings = DeepCacheSettings
+    requires = ("DeepCache", "DeepCache", "deepcache")
+    no_skip_hint = "Raise cache.cache_interval (DG_CACHE_INTERVAL) above 1, and run more steps than it."
+
+    def check_settings(self, family: str) -> None:
+        require_at_least("cache_interval", self.settings.cache_interval, 1)
+        require_at_least("cache_branch_id", self.settings.cache_branch_id, 0)
+
+    def install(self, pipe: Any) -> None:
+        from DeepCache import DeepCacheSDHelper
+
+        branches = BRANCHES_PER_BLOCK * len(self.denoiser.down_blocks)
+        if self.settings.cache_branch_id >= branches:
+            raise UnsupportedError(f"cache.cache_branch_id={self.settings.cache_branch_id}: this UNet has "
+                                   f"{branches} branches; use 0..{branches - 1}")
+        self.helper = DeepCacheSDHelper(pipe=pipe)
+        self.helper.set_params(cache_interval=int(self.settings.cache_interval),
+                               cache_branch_id=int(self.settings.cache_branch_id))
+        self.helper.enable()
+
+    def uninstall(self, pipe: Any) -> None:
+        self.helper.disable()
+
+    def cache_evidence(self, pipe: Any) -> dict:
+        return {"branches": BRANCHES_PER_BLOCK * len(self.denoiser.down_blocks)}

@@ -1,0 +1,112 @@
+"""diffusers' cache hooks on any DiT denoiser, CacheMixin or not: install, reset, take off again.
+
+Denoisers with CacheMixin (Flux, QwenImage) go through their public `enable_cache` / `disable_cache`. Others
+(SD3, PixArt) get the same `apply_*` function `enable_cache` would call; removal then takes off exactly the
+hooks that appeared during the install, so nothing else registered on those modules is disturbed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from diffgentor.errors import UnsupportedError
+from diffgentor.optimize.cache.base import CacheOptimizer
+from diffgentor.optimize.cache.joint_blocks import keep_text_stream_of_pre_only_blocks
+
+
+def _apply_functions() -> dict[type, Callable]:
+    from diffusers.hooks import (
+        FasterCacheConfig,
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
+        apply_faster_cache,
+        apply_first_block_cache,
+        apply_mag_cache,
+        apply_pyramid_attention_broadcast,
+        apply_taylorseer_cache,
+    )
+
+    return {
+        FirstBlockCacheConfig: apply_first_block_cache,
+        PyramidAttentionBroadcastConfig: apply_pyramid_attention_broadcast,
+        FasterCacheConfig: apply_faster_cache,
+        TaylorSeerCacheConfig: apply_taylorseer_cache,
+        MagCacheConfig: apply_mag_cache,
+    }
+
+
+def has_cache_mixin(denoiser: torch.nn.Module) -> bool:
+    from diffusers.models.cache_utils import CacheMixin
+
+    return isinstance(denoiser, CacheMixin)
+
+
+def _hook_names(denoiser: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, list[str]]]:
+    return {id(m): (m, list(m._diffusers_hook._hook_order)) for m in denoiser.modules()
+            if hasattr(m, "_diffusers_hook")}
+
+
+def _invalidate_registry_cache(denoiser: torch.nn.Module) -> None:
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()
+
+
+def install(denoiser: torch.nn.Module, config: Any) -> Callable[[], None]:
+    """Apply a diffusers cache `config` to `denoiser`; returns the function that removes it again."""
+    if has_cache_mixin(denoiser):
+        denoiser.enable_cache(config)
+        return denoiser.disable_cache
+    before = _hook_names(denoiser)
+    _apply_functions()[type(config)](denoiser, config)
+    _invalidate_registry_cache(denoiser)  # what enable_cache does: context updates must reach the new hooks
+    added = []
+    for key, (module, names) in _hook_names(denoiser).items():
+        old = set(before.get(key, (module, []))[1])
+        added += [(module, name) for name in names if name not in old]
+    if not added:
+        raise UnsupportedError(f"{type(config).__name__} found no module to hook in {type(denoiser).__name__}")
+
+    def uninstall() -> None:
+        for module, name in reversed(added):
+            module._diffusers_hook.remove_hook(name, recurse=False)
+        _invalidate_registry_cache(denoiser)
+
+    return uninstall
+
+
+def reset_hook_state(denoiser: torch.nn.Module) -> None:
+    """Reset every stateful cache hook under `denoiser` (a new generation must not see the last one's state)."""
+    from diffusers.hooks import HookRegistry
+
+    HookRegistry.check_if_exists_or_initialize(denoiser).reset_stateful_hooks(recurse=True)
+
+
+class DiffusersHookCache(CacheOptimizer):
+    """A cache made of diffusers hooks: one config object (`build_config`), installed on the denoiser, its
+    hook state reset at each new generation, with the cache context supplied where the pipeline lacks it
+    and SD3's last block made to return tensors only (joint_blocks.py)."""
+
+    def build_config(self, pipe: Any) -> Any:
+        raise NotImplementedError
+
+    def supplies_context(self) -> bool:
+        return not has_cache_mixin(self.denoiser)
+
+    def install(self, pipe: Any) -> None:
+        self.config = self.build_config(pipe)
+        self._restore_blocks = keep_text_stream_of_pre_only_blocks(self.denoiser)
+        try:
+            self._uninstall = install(self.denoiser, self.config)
+        except BaseException:
+            self._restore_blocks()
+            raise
+        self.tracker.on_generation(lambda tracker: reset_hook_state(self.denoiser))
+
+    def uninstall(self, pipe: Any) -> None:
+        self._uninstall()
+        self._restore_blocks()
