@@ -26,12 +26,24 @@ from diffgentor.testbed.recipes import RECIPES, recipe_as_dict
 # Bump when build.py changes how a recipe becomes weights (the recipe data alone would not show it).
 BUILD_FORMAT = 1
 PROVENANCE_FILE = "testbed.json"
+#: Trained testbeds ship as package data in weights/<name>/ (made by `python -m diffgentor.testbed.train`);
+#: they are loaded from there as they are: nothing to build, nothing to cache.
+SHIPPED_WEIGHTS = pathlib.Path(__file__).resolve().parent / "weights"
+SHIPPED_TESTBEDS: tuple[str, ...] = ("shapes-flux",)
 
 
 def recipe_for(name: str):
     if name not in RECIPES:
-        raise ValueError(f"unknown testbed {name!r}; choose one of {tuple(RECIPES)}")
+        raise ValueError(f"unknown testbed {name!r}; choose one of {tuple(RECIPES) + SHIPPED_TESTBEDS}")
     return RECIPES[name]
+
+
+def shipped_folder(name: str) -> pathlib.Path:
+    folder = SHIPPED_WEIGHTS / name
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"testbed {name!r}: its trained weights are missing from {folder}; reinstall diffgentor "
+                         f"or retrain them with `python -m diffgentor.testbed.train --out {folder}`")
+    return folder
 
 
 def provenance(name: str) -> dict:
@@ -73,7 +85,9 @@ def is_complete(folder: pathlib.Path) -> bool:
 def materialize(name: str, cache_root: pathlib.Path) -> pathlib.Path:
     """Return a local diffusers-format folder for testbed `name`, building it once (save_pretrained) under
     cache_root/<name>-<hash> where hash covers the recipe + torch/diffusers/transformers versions.
-    Unknown name -> ValueError listing TESTBED_NAMES."""
+    Unknown name -> ValueError listing TESTBED_NAMES. A shipped trained testbed returns its package folder."""
+    if name in SHIPPED_TESTBEDS:
+        return shipped_folder(name)
     recipe = recipe_for(name)
     cache_root = pathlib.Path(cache_root)
     target = cache_root / f"{name}-{recipe_hash(name)}"
