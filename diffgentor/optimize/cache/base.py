@@ -13,19 +13,12 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from diffgentor.errors import ConfigError, MissingPackageError, UnsupportedError
-from diffgentor.families import FAMILIES, family_of_pipeline_class
+from diffgentor.errors import ConfigError, MissingPackageError
+from diffgentor.families import FAMILIES
 from diffgentor.optimize.base import Optimizer
+from diffgentor.optimize.targets import family_of
 from diffgentor.optimize.cache.context import DenoiseTracker
 from diffgentor.optimize.cache.counting import FULL_SHARE, ComputeCounter
-
-
-def pipeline_family(pipe: Any) -> str:
-    family = family_of_pipeline_class(type(pipe).__name__)
-    if family is None:
-        raise UnsupportedError(f"{type(pipe).__name__} is not a pipeline class diffgentor knows; "
-                               f"supported families: {', '.join(sorted(FAMILIES))}")
-    return family
 
 
 def unwrap_compiled(module: torch.nn.Module) -> torch.nn.Module:
@@ -90,7 +83,7 @@ class CacheOptimizer(Optimizer):
         return {}
 
     def apply(self, pipe: Any) -> None:
-        self.family = pipeline_family(pipe)
+        self.family = family_of(pipe)
         self.denoiser = unwrap_compiled(getattr(pipe, FAMILIES[self.family].denoiser))
         self.check_settings(self.family)
         self.tracker = DenoiseTracker(pipe, self.denoiser, supply_context=self.supplies_context())
