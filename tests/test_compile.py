@@ -17,6 +17,15 @@ from diffgentor.run import resolve_config
 from test_optimizers import generate, max_diff, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Start from empty dynamo caches: code objects compiled by earlier tests in this process (the same
+    transformer forward, on another module instance) would otherwise add guard-failure recompiles here."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_full_compile_tiny_flux(load_testbed, make_config):
     pipe = load_testbed("tiny-flux")
