@@ -1,9 +1,13 @@
 """Procedural caption/image data for the trained `shapes-flux` testbed, and the pixel checks that judge it.
 
-A scene is one flat-coloured shape (circle, square, triangle, star) of one of three sizes, at one of nine
-places in the frame (centre, edges, corners), on a flat background of another colour; its caption says all of that but the position:
-"a small red circle on a blue background". Everything is drawn in code (PIL, 4x supersampled for clean
-edges), so the data set, the held-out split and the judges need no files and no hub.
+A scene is one flat-coloured shape (circle, square, triangle, star) of one of three sizes, centred, on a
+flat background of another colour; its caption says all of that: "a small red circle on a blue background"
+("a red circle on a blue background" is a medium one). Everything is drawn in code (PIL, 4x supersampled for
+clean edges), so the data set, the held-out split and the judges need no files and no hub.
+
+Why centred: a caption must fix the picture for a 2M-parameter model to learn it in 30 CPU minutes. With the
+shape at one of nine places (named in the caption or not), the same budget learned colours and places but
+drew blobs (shape accuracy 12-22%, chance 25%); centred, it draws every held-out shape right.
 
 The judges are plain pixel statistics, no learned model:
 
@@ -64,19 +68,27 @@ FOREGROUND_DISTANCE = 70.0
 MIN_FOREGROUND_PX = 12
 
 
+#: What a caption without a size word means.
+DEFAULT_SIZE = "medium"
+
+
 @dataclasses.dataclass(frozen=True)
 class Scene:
-    """One image: what is drawn (shape, colours, size) and where (centre in pixels)."""
+    """One centred image: shape, colours and size. Its caption fixes the picture up to the anti-aliasing (no
+    size word means DEFAULT_SIZE)."""
 
     shape: str
     colour: str
     background: str
-    size: str
-    centre_xy: tuple[float, float]
-    say_size: bool = True  # False: the caption leaves the size out ("a red circle on ...")
+    size: str = DEFAULT_SIZE
+    say_size: bool = True  # False (only for DEFAULT_SIZE): the caption leaves the size word out
 
     def caption(self) -> str:
         return caption(self.shape, self.colour, self.background, self.size if self.say_size else None)
+
+    @property
+    def centre_xy(self) -> tuple[float, float]:
+        return IMAGE_SIZE_PX / 2, IMAGE_SIZE_PX / 2
 
     def render(self, image_size_px: int = IMAGE_SIZE_PX) -> np.ndarray:
         """uint8 (H, W, 3)."""
@@ -86,10 +98,14 @@ class Scene:
         return np.rint(alpha * fg + (1.0 - alpha) * bg).astype(np.uint8)
 
 
-def caption(shape: str, colour: str, background: str, size: Optional[str]) -> str:
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(shape: str, colour: str, background: str, size: Optional[str] = None) -> str:
+    """"a small red circle on a blue background", "an orange star on a white background"."""
     words = [size, colour] if size else [colour]
-    article = "an" if words[0][0] in "aeiou" else "a"
-    return f"{article} {' '.join(words)} {shape} on {'an' if background[0] in 'aeiou' else 'a'} {background} background"
+    return f"{_article(words[0])} {' '.join(words)} {shape} on {_article(background)} {background} background"
 
 
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | tuple[float, ...]:
@@ -112,11 +128,6 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
 
 
-def extent(shape: str, r: float) -> float:
-    """Largest distance of the shape's outline from its centre: keeps a sampled shape inside the frame."""
-    return {"circle": 1.0, "square": 0.9 * math.sqrt(2), "triangle": 1.25, "star": 1.35}[shape] * r
-
-
 def shape_mask(shape: str, centre_xy: tuple[float, float], r: float, image_size_px: int = IMAGE_SIZE_PX) -> np.ndarray:
     """float32 (H, W) coverage in [0, 1], antialiased by drawing at SUPERSAMPLE x and box-filtering down."""
     s = SUPERSAMPLE
@@ -132,22 +143,12 @@ def shape_mask(shape: str, centre_xy: tuple[float, float], r: float, image_size_
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def grid_positions(shape: str, size: str) -> list[tuple[float, float]]:
-    """The 3 x 3 places a shape can sit: centred, or pushed against each edge and corner with a 2 px margin.
-    A few discrete places (not a continuum) keep the layout learnable by a tiny model in a short budget."""
-    half = IMAGE_SIZE_PX / 2
-    span = half - extent(shape, SIZES[size]) - 2.0
-    return [(half + dx, half + dy) for dy in (-span, 0.0, span) for dx in (-span, 0.0, span)]
-
-
-def sample_scene(rng: np.random.Generator, triples: tuple[tuple[str, str, str], ...] = TRAIN_TRIPLES,
-                 p_say_size: float = 0.75) -> Scene:
-    """A random scene from `triples`: any size, any of the 9 grid positions."""
+def sample_scene(rng: np.random.Generator, triples: tuple[tuple[str, str, str], ...] = TRAIN_TRIPLES) -> Scene:
+    """A random scene from `triples`, any size; a medium shape's caption omits the size half the time."""
     colour, background, shape = triples[rng.integers(len(triples))]
     size = tuple(SIZES)[rng.integers(len(SIZES))]
-    places = grid_positions(shape, size)
-    centre = places[rng.integers(len(places))]
-    return Scene(shape, colour, background, size, centre, bool(rng.random() < p_say_size))
+    say_size = size != DEFAULT_SIZE or bool(rng.random() < 0.5)
+    return Scene(shape, colour, background, size, say_size)
 
 
 def render_batch(scenes: Iterable[Scene]) -> np.ndarray:
@@ -156,11 +157,9 @@ def render_batch(scenes: Iterable[Scene]) -> np.ndarray:
 
 
 def heldout_scenes() -> list[Scene]:
-    """The fixed evaluation set: the 32 held-out triples, sizes cycling, a quarter without the size word.
-    Positions are irrelevant for evaluation (the model picks its own); the centre is a placeholder."""
-    half = IMAGE_SIZE_PX / 2
+    """The fixed evaluation set: the 32 held-out triples, sizes cycling, some medium ones without the size word."""
     return [
-        Scene(shape, colour, background, tuple(SIZES)[i % len(SIZES)], (half, half), say_size=i % 4 != 3)
+        Scene(shape, colour, background, tuple(SIZES)[i % len(SIZES)], say_size=i % 6 != 1)
         for i, (colour, background, shape) in enumerate(HELD_OUT_TRIPLES)
     ]
 
