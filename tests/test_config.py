@@ -14,10 +14,9 @@ from diffgentor.run import resolve_config
 from conftest import compose_config
 
 
-def test_defaults_are_tiny_flux_and_auto_precision():
+def test_defaults_are_the_trained_shapes_flux_and_auto_precision():
     cfg = compose_config()
-    assert cfg.model.name == "tiny-flux"
-    assert cfg.model.testbed == "tiny-flux"
+    assert cfg.model.name == cfg.model.testbed == "shapes-flux"
     assert cfg.precision.dtype == Dtype.auto
     assert cfg.precision.tf32 is True
     # add-on groups are absent from the defaults

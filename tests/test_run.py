@@ -34,7 +34,7 @@ def test_python_m_diffgentor_writes_images_and_record(tmp_path, testbed_cache):
     data = json.loads((run_dir / "run.json").read_text())
     assert RUN_KEYS <= set(data)
     assert data["status"] == "ok"
-    assert data["config"]["model"]["name"] == "tiny-flux"
+    assert data["config"]["model"]["name"] == "shapes-flux"
     assert "steps=2" in data["overrides"]
     env = data["environment"]
     for key in ("python", "torch", "diffusers", "transformers", "hydra", "device_name", "cpu"):
@@ -53,7 +53,7 @@ def test_python_m_diffgentor_writes_images_and_record(tmp_path, testbed_cache):
         png = Image.open(path)
         assert png.size == (64, 64)
         assert png.text["seed"] == str(image["seed"])
-        assert png.text["model"] == "diffgentor-testbed/tiny-flux"
+        assert png.text["model"] == "diffgentor-testbed/shapes-flux"
 
 
 def test_same_config_and_seed_give_identical_pixels(tmp_path, make_config):

@@ -144,7 +144,7 @@ def test_resume_does_not_skip_a_changed_config(steps_sweep):
     assert completed(folder, config) is not None
     assert completed(folder, {**config, "progress": True, "resume": True, "cache_dir": "/elsewhere"})
     assert completed(folder, {**config, "seed": config["seed"] + 1}) is None
-    assert config_hash({**config, "guidance_scale": 1.0}) != config_hash(config)
+    assert config_hash({**config, "guidance_scale": config["guidance_scale"] + 1.0}) != config_hash(config)
 
 
 # ------------------------------------------------------------------------------------------ failures
@@ -153,7 +153,7 @@ def test_failing_jobs_do_not_stop_the_sweep_and_exit_non_zero(tmp_path, testbed_
     """Three ways to fail: refused before any record (batch_size=0), a user error after loading (height=60),
     an unexpected exception inside the pipeline (diffusers' ValueError). The sweep runs every job."""
     sweep_dir = tmp_path / "sweep"
-    result = _sweep(["steps=2", "+model.call_kwargs.max_sequence_length=64,1024", "batch_size=1,0"],
+    result = _sweep(["steps=2", "++model.call_kwargs.max_sequence_length=64,1024", "batch_size=1,0"],
                     sweep_dir, testbed_cache, tmp_path)
     assert result.returncode == 1
     records = _records(sweep_dir)
