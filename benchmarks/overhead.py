@@ -4,7 +4,7 @@ Side by side in one process, on one loaded testbed pipeline, interleaved rounds:
 - bare: `pipe(prompt, num_inference_steps, generator=...)` timed around the call, as a hand-written script would;
 - diffgentor: the whole generation loop (kwargs, timing syncs, PNG writing with text chunks, run.json rewrite
   after every image), wall time per image.
-Then the wall time of `python -m diffgentor` (import + compose + load + 1 image) as a subprocess.
+Then the wall time of `python -m diffgentor` (import + compose + load + 1 image of the default model) as a subprocess.
 
 Run: python benchmarks/overhead.py [--images 20] [--rounds 5]. Target: ratio <= 1.03, wall < 10 s.
 """
