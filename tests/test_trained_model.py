@@ -176,6 +176,7 @@ def first_block_cache_effect(pipe, threshold: float = FBC_THRESHOLD, n_images: i
 
 def test_first_block_cache_skips_steps_at_default_threshold(pipe):
     effect = first_block_cache_effect(pipe)
-    # Random-weight testbeds never skip at <= 0.3 (compute_fraction exactly 1.0); a trained model does.
-    assert effect["compute_fraction"] < 0.9, effect
-    assert effect["psnr_db"] > 20.0, effect
+    # Measured on the shipped weights: compute_fraction 0.375, PSNR 51.0 dB. The random tiny-flux skips
+    # nothing at its 8 steps at this threshold.
+    assert effect["compute_fraction"] < 0.6, effect
+    assert effect["psnr_db"] > 35.0, effect
