@@ -1,6 +1,7 @@
 """Does skipped compute turn into saved time? Each cache's latency ratio beside its measured compute fraction.
 
-On the embedded tiny FLUX (every DiT cache) and tiny SD / SDXL (DeepCache), 28 steps: the uncached pipeline
+On the embedded tiny FLUX (every DiT cache), the trained shapes-flux (every DiT cache at its defaults) and tiny
+SD / SDXL (DeepCache), 28 steps: the uncached pipeline
 and each cache run in interleaved rounds on ONE loaded pipeline (cache applied before its call and removed
 after it, so the noise of a shared machine hits all alike and removal is exercised every round). Printed as a
 markdown table: the fastest round's denoiser time (all hooks included) and pipeline time relative to no cache, and
@@ -10,7 +11,7 @@ the evidence's `denoiser_compute_fraction` / `compute_fraction` (MACs that ran /
 Settings are the defaults, except where the random-weight testbed needs looser ones to skip at all (marked *).
 Random weights: these ratios say how well skipping converts into time on toy shapes, not image quality.
 
-Run: python benchmarks/caches.py [--rounds 5] [--steps 28] [--size 64] [--only flux] [--json out.json]
+Run: python benchmarks/caches.py [--rounds 5] [--steps 28] [--size 64] [--only flux,shapes] [--json out.json]
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ def cases(only: Optional[set[str]]) -> list[Case]:
             Case("cache_dit F1B0 threshold=0.3 *", "tiny-flux",
                  lambda: CacheDit(CacheDitSettings(Fn_compute_blocks=1, residual_diff_threshold=0.3))),
         ],
+        # the trained default model: every cache at its default settings
+        "shapes": [
+            Case("no cache", "shapes-flux"),
+            Case("first_block_cache threshold=0.2 (seed default)", "shapes-flux",
+                 lambda: FirstBlockCache(FirstBlockCacheSettings())),
+            Case("pab (2, [100, 800])", "shapes-flux", lambda: PyramidAttentionBroadcast(PabSettings())),
+            Case("faster_cache (FLUX defaults)", "shapes-flux", lambda: FasterCache(FasterCacheSettings())),
+            Case("taylor_seer interval=3", "shapes-flux", lambda: TaylorSeer(TaylorSeerSettings())),
+            Case("mag_cache (FLUX ratios)", "shapes-flux", lambda: MagCache(MagCacheSettings())),
+            Case("cache_dit F1B0 threshold=0.08", "shapes-flux",
+                 lambda: CacheDit(CacheDitSettings(Fn_compute_blocks=1))),
+        ],
         "sd": [
             Case("no cache", "tiny-sd"),
             Case("deep_cache interval=3 branch=0", "tiny-sd", lambda: DeepCache(DeepCacheSettings())),
@@ -125,18 +138,28 @@ def load(testbed: str, cache_dir: Path) -> Any:
     return pipe
 
 
+def call_settings(testbed: str) -> tuple[float, dict]:
+    """The guidance scale and extra call arguments the testbed is made for."""
+    from diffgentor.testbed import TESTBED_CALL_KWARGS, TESTBED_DEFAULTS
+
+    if testbed == "shapes-flux":
+        from diffgentor.testbed.train import MAX_SEQUENCE_LENGTH
+
+        return 1.0, {"max_sequence_length": MAX_SEQUENCE_LENGTH}
+    return TESTBED_DEFAULTS[testbed]["guidance_scale"], TESTBED_CALL_KWARGS[testbed]
+
+
 def generate(pipe: Any, testbed: str, steps: int, size: int) -> tuple[float, float]:
     """One timed generation: (pipeline seconds, seconds inside the denoiser)."""
     import torch
 
-    from diffgentor.testbed import TESTBED_CALL_KWARGS, TESTBED_DEFAULTS
-
+    guidance_scale, call_kwargs = call_settings(testbed)
     denoiser = getattr(pipe, "transformer", None) or pipe.unet
     timer = DenoiserTimer(denoiser)
     start = time.perf_counter()
-    pipe(PROMPT, num_inference_steps=steps, guidance_scale=TESTBED_DEFAULTS[testbed]["guidance_scale"],
+    pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance_scale,
          height=size, width=size, generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
-         **TESTBED_CALL_KWARGS[testbed])
+         **call_kwargs)
     pipeline_s = time.perf_counter() - start
     timer.close()
     return pipeline_s, timer.total_s
@@ -212,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (fastest taken)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--size", type=int, default=64, help="image height and width in pixels")
-    parser.add_argument("--only", default=None, help="comma-separated families: flux,sd,sdxl")
+    parser.add_argument("--only", default=None, help="comma-separated groups: flux,shapes,sd,sdxl")
     parser.add_argument("--cache-dir", default="~/.cache/diffgentor", help="where testbeds are built")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads; 1 (default) keeps a shared machine's contention out of the "
