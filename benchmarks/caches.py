@@ -139,14 +139,11 @@ def load(testbed: str, cache_dir: Path) -> Any:
 
 
 def call_settings(testbed: str) -> tuple[float, dict]:
-    """The guidance scale and extra call arguments the testbed is made for."""
-    from diffgentor.testbed import TESTBED_CALL_KWARGS, TESTBED_DEFAULTS
+    """The guidance scale and extra call arguments `python -m diffgentor model=TESTBED` uses (its model entry)."""
+    from omegaconf import OmegaConf
 
-    if testbed == "shapes-flux":
-        from diffgentor.testbed.train import MAX_SEQUENCE_LENGTH
-
-        return 1.0, {"max_sequence_length": MAX_SEQUENCE_LENGTH}
-    return TESTBED_DEFAULTS[testbed]["guidance_scale"], TESTBED_CALL_KWARGS[testbed]
+    entry = OmegaConf.load(REPO / "conf" / "model" / f"{testbed}.yaml")
+    return float(entry.guidance_scale), OmegaConf.to_container(entry.get("call_kwargs") or OmegaConf.create())
 
 
 def generate(pipe: Any, testbed: str, steps: int, size: int) -> tuple[float, float]:
