@@ -29,24 +29,31 @@ from diffgentor.run import execute, resolve_config
 from diffgentor.testbed import TESTBED_CALL_KWARGS, TESTBED_DEFAULTS
 
 STEPS = 6
-FAMILY = {"tiny-flux": "flux", "tiny-sd3": "sd3", "tiny-pixart": "pixart", "tiny-sd": "sd", "tiny-sdxl": "sdxl"}
+FAMILY = {"tiny-flux": "flux", "tiny-sd3": "sd3", "tiny-pixart": "pixart", "tiny-sd": "sd", "tiny-sdxl": "sdxl",
+          "tiny-qwenimage": "qwenimage"}
 #: Cached images must stay this close to the uncached one (random weights: a loose, wiring-level bound).
 MIN_PSNR_DB = 25.0
 
 #: Settings that provably skip on the random-weight testbeds (defaults where they already do).
 CASES = [
     ("first_block_cache", FirstBlockCache, FirstBlockCacheSettings(threshold=0.5), ["tiny-flux", "tiny-sd3",
-                                                                                   "tiny-pixart"]),
+                                                                                   "tiny-pixart", "tiny-qwenimage"]),
     # The testbeds' shifted flow-matching schedules spend few of 6 steps inside PAB's default (100, 800) window.
     ("pab", PyramidAttentionBroadcast, PabSettings(timestep_skip_range=[-1, 1001]), ["tiny-flux", "tiny-sd3",
                                                                                      "tiny-pixart"]),
     ("faster_cache", FasterCache, FasterCacheSettings(), ["tiny-flux", "tiny-sd3", "tiny-pixart"]),
-    ("taylor_seer", TaylorSeer, TaylorSeerSettings(), ["tiny-flux", "tiny-sd3", "tiny-pixart"]),
+    ("taylor_seer", TaylorSeer, TaylorSeerSettings(), ["tiny-flux", "tiny-sd3", "tiny-pixart", "tiny-qwenimage"]),
     ("taylor_seer_lite", TaylorSeer, TaylorSeerSettings(use_lite_mode=True), ["tiny-flux"]),
     ("mag_cache", MagCache, MagCacheSettings(), ["tiny-flux"]),
-    ("mag_cache_given_ratios", MagCache, MagCacheSettings(mag_ratios=[1.0] * STEPS), ["tiny-pixart"]),
+    ("mag_cache_given_ratios", MagCache, MagCacheSettings(mag_ratios=[1.0] * STEPS), ["tiny-pixart",
+                                                                                      "tiny-qwenimage"]),
     ("cache_dit", CacheDit, CacheDitSettings(Fn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=2),
      ["tiny-flux", "tiny-sd3", "tiny-pixart"]),
+    # Without a negative prompt QwenImage calls its denoiser once per step; cache-dit's default for it pairs
+    # calls as cond/uncond (see test_cache_dit_pairs_qwenimage_calls_only_under_true_cfg).
+    ("cache_dit_one_call_per_step", CacheDit, CacheDitSettings(Fn_compute_blocks=1, residual_diff_threshold=0.5,
+                                                               max_warmup_steps=2, enable_separate_cfg=False),
+     ["tiny-qwenimage"]),
     ("deep_cache", DeepCache, DeepCacheSettings(), ["tiny-sd", "tiny-sdxl"]),
 ]
 
@@ -126,12 +133,73 @@ def test_cache_skips_compute_stays_close_and_removes_cleanly(case, cls, settings
     assert calls["partial"] + calls["skipped"] > 0
     assert 0.0 < evidence["compute_fraction"] < 1.0 and evidence["skipped_nothing"] is False
     assert evidence["warnings"] == []
-    if case == "cache_dit":  # cache-dit's own account agrees with the measured skips
-        assert evidence["cache_dit_cached_steps"] == evidence["measured_cached_steps"] != []
+    if case.startswith("cache_dit"):  # cache-dit's own account agrees with the measured skips
+        assert evidence["cache_dit_cached_steps"] == evidence["measured_cached_calls"] != []
     assert psnr_db(cached, uncached) > MIN_PSNR_DB
     assert torch.equal(again, cached), "a second generation must not see the first one's cache state"
     assert torch.equal(removed, uncached), "after remove() the pipeline must render as if never cached"
     assert structure(pipe) == before, "remove() must leave no patched forward or reordered module behind"
+
+
+@pytest.mark.parametrize("cls,settings", [
+    (FirstBlockCache, FirstBlockCacheSettings(threshold=0.5)),
+    (TaylorSeer, TaylorSeerSettings()),
+    (MagCache, MagCacheSettings(mag_ratios=[1.0] * STEPS)),
+], ids=["first_block_cache", "taylor_seer", "mag_cache"])
+def test_qwenimage_true_cfg_caches_cond_and_uncond_apart(cls, settings, pipelines):
+    """With a negative prompt QwenImage calls its denoiser twice per step, in diffusers' "cond" and "uncond"
+    cache contexts: each keeps its own state, steps count once, and removal gives the uncached image back."""
+    pipe, _ = pipelines("tiny-qwenimage")
+    uncached = generate(pipe, "tiny-qwenimage", negative_prompt=" ")
+    optimizer = applied(cls(settings), pipe, "qwenimage")
+    try:
+        cached = generate(pipe, "tiny-qwenimage", negative_prompt=" ")
+        again = generate(pipe, "tiny-qwenimage", negative_prompt=" ")
+        evidence = optimizer.evidence(pipe)
+    finally:
+        optimizer.remove(pipe)
+    assert evidence["denoiser_calls"] == 2 * 2 * STEPS and evidence["steps_run"] == 2 * STEPS
+    assert 0.0 < evidence["compute_fraction"] < 1.0 and evidence["warnings"] == []
+    assert psnr_db(cached, uncached) > MIN_PSNR_DB and torch.equal(again, cached)
+    assert torch.equal(generate(pipe, "tiny-qwenimage", negative_prompt=" "), uncached)
+
+
+def test_qwenimage_true_cfg_uncond_calls_count_as_full_compute(pipelines):
+    """QwenImage's CFG is a second denoiser call with the (shorter) negative prompt: fully computed, it must
+    not count as partial against the cond call's longer text attention."""
+    pipe, _ = pipelines("tiny-qwenimage")
+    optimizer = applied(FirstBlockCache(FirstBlockCacheSettings(threshold=0.0)), pipe, "qwenimage")
+    try:
+        generate(pipe, "tiny-qwenimage", negative_prompt=" ")
+        evidence = optimizer.evidence(pipe)
+    finally:
+        optimizer.remove(pipe)
+    assert evidence["denoiser_calls"] == 2 * STEPS and evidence["steps_run"] == STEPS
+    assert evidence["compute_fraction"] == 1.0 and evidence["skipped_nothing"] is True
+    assert evidence["block_calls"]["partial"] == 0
+
+
+def test_cache_dit_pairs_qwenimage_calls_only_under_true_cfg(pipelines):
+    """cache-dit's default for QwenImagePipeline reads calls as cond/uncond pairs: right with a negative
+    prompt (its steps map onto call pairs), wrong without one, and then the evidence says so."""
+    pipe, _ = pipelines("tiny-qwenimage")
+    settings = CacheDitSettings(Fn_compute_blocks=1, residual_diff_threshold=0.5, max_warmup_steps=2)
+    optimizer = applied(CacheDit(settings), pipe, "qwenimage")
+    try:
+        generate(pipe, "tiny-qwenimage", negative_prompt=" ")
+        with_cfg = optimizer.evidence(pipe)
+        generate(pipe, "tiny-qwenimage")
+        single = optimizer.evidence(pipe)
+    finally:
+        optimizer.remove(pipe)
+    assert with_cfg["enable_separate_cfg"] is True and with_cfg["warnings"] == []
+    assert with_cfg["cache_dit_cached_steps"] and with_cfg["cache_dit_cfg_cached_steps"]
+    cond_calls = [2 * step for step in with_cfg["cache_dit_cached_steps"]]
+    uncond_calls = [2 * step + 1 for step in with_cfg["cache_dit_cfg_cached_steps"]]
+    assert with_cfg["measured_cached_calls"] == sorted(cond_calls + uncond_calls)
+    assert 0.0 < with_cfg["compute_fraction"] < 1.0
+    (warning,) = single["warnings"]
+    assert "one call per step" in warning and "cache.enable_separate_cfg=false" in warning
 
 
 def test_mag_cache_calibrates_then_caches_with_the_measured_ratios(pipelines):

@@ -71,3 +71,24 @@ def test_regional_compile_maps_transformer_to_unet(load_testbed, make_config):
     channels_last = records["channels_last"]["evidence"]
     assert channels_last["conv_weights_channels_last"]["unet"] == channels_last["conv_weights_total"]["unet"] > 0
     assert torch.isfinite(output).all()
+
+
+@pytest.mark.slow
+def test_regional_compile_tiny_qwenimage(load_testbed, make_config):
+    """The compat table's compile / channels_last / attention / tf32 claims for qwenimage, in one cold compile."""
+    pipe = load_testbed("tiny-qwenimage")
+    reference = generate(pipe, "tiny-qwenimage", steps=3)
+    run_cfg = resolve_config(make_config(["model=tiny-qwenimage", "+compile=regional", "compile.mode=default",
+                                          "+attention=native"]))
+    applied = apply_optimizations(pipe, run_cfg)
+    output = generate(pipe, "tiny-qwenimage", steps=3)
+    assert max_diff(reference, output) < 1e-4
+    records = {r["name"]: r for r in applied.evidence(pipe)}
+    proof = records["compile"]["evidence"]
+    assert proof["components"] == {"transformer": "transformer"} and proof["regional"]
+    assert proof["compiled_modules"]["transformer"] == len(pipe.transformer.transformer_blocks) == 4
+    assert proof["dynamo"]["graphs"] > 0 and proof["timing"]["transformer"]["calls"] == 3
+    assert records["attention"]["evidence"]["dispatcher_calls"] == 3 * 4  # 3 steps x 4 blocks, inside the graphs
+    assert "no 4-D (conv) weights" in records["channels_last"]["warnings"][0]  # a DiT: nothing to convert
+    assert records["tf32"]["applied"]
+    applied.remove(pipe)

@@ -59,8 +59,8 @@ def test_typos_fail_at_compose_time(override, error):
         compose_config([override])
 
 
-@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart", "flux-dev",
-                                  "flux-schnell", "sd3-medium", "sdxl-base", "sd15"])
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart", "tiny-qwenimage",
+                                  "flux-dev", "flux-schnell", "sd3-medium", "sdxl-base", "sd15"])
 def test_every_model_entry_composes_with_a_source_and_family(name):
     cfg = compose_config([f"model={name}"])
     assert cfg.model.testbed or cfg.model.path

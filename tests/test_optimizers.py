@@ -23,7 +23,7 @@ from diffgentor.testbed import TESTBED_CALL_KWARGS
 
 from conftest import run_cli
 
-TESTBEDS = ["tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart"]
+TESTBEDS = ["tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart", "tiny-qwenimage"]
 FAMILY = {name: name.removeprefix("tiny-") for name in TESTBEDS}
 
 
@@ -72,7 +72,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---- fused QKV -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("testbed", TESTBEDS)
+@pytest.mark.parametrize("testbed", [t for t in TESTBEDS if FAMILY[t] in FAMILY_SUPPORT["fuse_qkv"].families])
 def test_fuse_qkv_keeps_output_and_counts_fused_layers(optimized, testbed):
     reference, output, evidence, _ = optimized(testbed, ["fuse_qkv=true"])
     assert max_diff(reference, output) < 1e-5
@@ -102,6 +102,17 @@ def test_fuse_qkv_repairs_sd3_qk_norm(load_testbed, run_config):
     assert applied.evidence(pipe)[-1]["evidence"]["sd3_processors_repaired"] == 4
 
 
+def test_diffusers_fuses_nothing_on_qwenimage(load_testbed):
+    """Why the compat table refuses fuse_qkv on qwenimage: the call succeeds and adds no module (0.42.1)."""
+    transformer = load_testbed("tiny-qwenimage").transformer
+    before = dict(transformer.named_modules())
+    transformer.fuse_qkv_projections()
+    try:
+        assert dict(transformer.named_modules()).keys() == before.keys()
+    finally:
+        transformer.unfuse_qkv_projections()
+
+
 @pytest.mark.parametrize("family", ["sana", "qwenimage"])
 def test_fuse_qkv_refused_where_diffusers_fuses_nothing(run_config, family):
     plan = build_plan(run_config(["fuse_qkv=true"]), family)
@@ -118,7 +129,7 @@ def test_native_attention_runs_through_the_dispatcher_on_every_family(optimized,
     assert max_diff(reference, output) < 1e-5
     proof = evidence["attention"]["evidence"]
     assert proof["backend"] == "native" and proof["dispatcher_calls"] > 0
-    if testbed != "tiny-flux":  # Flux already calls the dispatcher; the others are rerouted
+    if testbed not in ("tiny-flux", "tiny-qwenimage"):  # these call the dispatcher; the others are rerouted
         assert sum(proof["processors_rerouted"].values()) == proof["attention_modules"] > 0
     applied.remove(pipe)
     processors = (getattr(pipe, "transformer", None) or pipe.unet).attn_processors.values()
@@ -128,7 +139,9 @@ def test_native_attention_runs_through_the_dispatcher_on_every_family(optimized,
 
 @pytest.mark.parametrize("testbed,backend", [("tiny-sd", "_native_math"), ("tiny-sd", "_native_flash"),
                                              ("tiny-sd3", "flex"), ("tiny-pixart", "flex"),
-                                             ("tiny-pixart", "_native_math"), ("tiny-flux", "_native_flash")])
+                                             ("tiny-pixart", "_native_math"), ("tiny-flux", "_native_flash"),
+                                             ("tiny-qwenimage", "flex"), ("tiny-qwenimage", "_native_math"),
+                                             ("tiny-qwenimage", "_native_flash")])  # one prompt: no mask
 def test_cpu_attention_backends_take_effect(optimized, testbed, backend):
     reference, output, evidence, (pipe, applied) = optimized(testbed, [f"+attention={backend}"])
     assert max_diff(reference, output) < 1e-4
@@ -245,6 +258,30 @@ def test_vae_slicing_at_batch_one_is_recorded_as_idle(optimized):
     assert "saved no memory" in evidence["vae_slicing"]["warnings"][0]
 
 
+def test_vae_slicing_splits_a_qwenimage_batch(optimized):
+    """QwenImage's causal 3D VAE has its own enable_slicing; a batch of two decodes in two passes."""
+    reference, output, evidence, _ = optimized("tiny-qwenimage", ["+memory=vae_slicing"], batch=2)
+    assert max_diff(reference, output) < 1e-5
+    proof = evidence["vae_slicing"]["evidence"]
+    assert proof["use_slicing"] and proof["decoder_passes"] == 2 * proof["decode_calls"] > 0
+
+
+def test_vae_tiling_tiles_qwenimage_above_its_256px_tile(optimized):
+    """QwenImage's VAE tiles height and width separately from 256 px (no single tile size to set)."""
+    reference, output, evidence, _ = optimized("tiny-qwenimage", ["+memory=vae_tiling"], size_px=320)
+    assert output.shape == reference.shape and torch.isfinite(output).all()
+    proof = evidence["vae_tiling"]["evidence"]
+    assert proof["use_tiling"] and proof["decoder_passes"] > proof["decode_calls"] > 0
+    assert proof["tile_sample_min_size_px"] == 256
+
+
+def test_vae_tiling_tile_size_refused_on_qwenimage(load_testbed, run_config):
+    with pytest.raises(UnsupportedError, match="no single tile size"):
+        apply_optimizations(load_testbed("tiny-qwenimage"),
+                            run_config(["model=tiny-qwenimage", "+memory=vae_tiling",
+                                        "memory.tile_sample_min_size_px=128"]))
+
+
 def test_vae_tiling_tiles_large_images(optimized):
     """The testbed VAE's tile is 64 px; a 128 px image decodes in overlapping tiles."""
     reference, output, evidence, _ = optimized("tiny-sd", ["+memory=vae_tiling"], steps=1, size_px=128)
@@ -259,13 +296,14 @@ def test_offload_refused_on_cpu(run_config, option):
     assert "this run is on cpu" in plan.refused[0].reason
 
 
-def test_group_offload_hooks_on_cpu_wiring(load_testbed):
+@pytest.mark.parametrize("testbed", ["tiny-flux", "tiny-qwenimage"])
+def test_group_offload_hooks_on_cpu_wiring(load_testbed, testbed):
     """The mechanism, applied directly (the plan refuses it on CPU because nothing would move)."""
-    pipe = load_testbed("tiny-flux")
-    reference = generate(pipe, "tiny-flux")
+    pipe = load_testbed(testbed)
+    reference = generate(pipe, testbed)
     optimizer = GroupOffload(GroupOffloadSettings())
     optimizer.apply(pipe)
-    assert max_diff(reference, generate(pipe, "tiny-flux")) < 1e-6
+    assert max_diff(reference, generate(pipe, testbed)) < 1e-6
     proof = optimizer.evidence(pipe)
     assert proof["offload_hooks"]["transformer"] > 0 and proof["weights_rest_on"]["transformer"] == "cpu"
 

@@ -68,11 +68,27 @@ def test_same_config_and_seed_give_identical_pixels(tmp_path, make_config):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart"])
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart", "tiny-qwenimage"])
 def test_every_testbed_family_runs(tmp_path, make_config, model):
     data = execute(make_config([f"model={model}", "steps=2"]), tmp_path, [])
     assert data["status"] == "ok" and len(data["images"]) == 1
     assert data["model"]["family"] == model.removeprefix("tiny-")
+
+
+def test_qwenimage_negative_prompt_turns_on_true_cfg(tmp_path, make_config, monkeypatch):
+    """QwenImage runs classifier-free guidance as a second denoiser call per step, only given a negative prompt."""
+    from diffusers import QwenImageTransformer2DModel
+
+    calls = []
+    forward = QwenImageTransformer2DModel.forward
+    monkeypatch.setattr(QwenImageTransformer2DModel, "forward", lambda self, *a, **k: calls.append(1) or
+                        forward(self, *a, **k))
+    plain = execute(make_config(["model=tiny-qwenimage", "steps=2", "benchmark.warmup=0"]), tmp_path / "a", [])
+    plain_calls, calls[:] = len(calls), []
+    cfg = execute(make_config(["model=tiny-qwenimage", "steps=2", "benchmark.warmup=0", "negative_prompt=blurry"]),
+                  tmp_path / "b", [])
+    assert plain["status"] == cfg["status"] == "ok"
+    assert plain_calls == 2 and len(calls) == 2 * plain_calls
 
 
 def test_prompts_file_jsonl_seeds_recorded(tmp_path, make_config):

@@ -27,7 +27,7 @@ SUMMARY_FILES = (SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, PARETO_PNG, GRID_PNG)
 EXPERIMENTS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
 #: The embedded testbed standing in for an experiment's model, by pipeline family.
 TESTBED_FOR_FAMILY = {"flux": "tiny-flux", "sd": "tiny-sd", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3",
-                      "pixart": "tiny-pixart"}
+                      "pixart": "tiny-pixart", "qwenimage": "tiny-qwenimage"}
 #: The one reason an experiment's job may be refused or fail: this machine lacks the hardware or optional
 #: package it needs (flash / sage / xformers attention on a CPU machine).
 ENVIRONMENT_LIMIT = re.compile(r"needs the package|not installed|needs CUDA|CUDA|requires? (an )?accelerator")

@@ -24,6 +24,7 @@ EXPECTED_PIPELINE = {
     "tiny-sdxl": "StableDiffusionXLPipeline",
     "tiny-sd3": "StableDiffusion3Pipeline",
     "tiny-pixart": "PixArtAlphaPipeline",
+    "tiny-qwenimage": "QwenImagePipeline",
 }
 
 
@@ -66,7 +67,7 @@ def _modules(pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
 
 
 def test_names_and_defaults_agree():
-    assert TESTBED_NAMES == ("tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart")
+    assert TESTBED_NAMES == ("tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart", "tiny-qwenimage")
     for name in TESTBED_NAMES:
         defaults = TESTBED_DEFAULTS[name]
         assert set(defaults) == {"steps", "guidance_scale", "height", "width"}
@@ -124,10 +125,33 @@ def test_denoisers_have_repeated_blocks_for_caches(loaded):
     assert len(loaded("tiny-flux").transformer.single_transformer_blocks) == 4
     assert len(loaded("tiny-sd3").transformer.transformer_blocks) == 4
     assert len(loaded("tiny-pixart").transformer.transformer_blocks) == 4
+    assert len(loaded("tiny-qwenimage").transformer.transformer_blocks) == 4
     for name in ("tiny-sd", "tiny-sdxl"):
         unet = loaded(name).unet
         assert sum(hasattr(block, "attentions") for block in unet.down_blocks) >= 2
         assert sum(hasattr(block, "attentions") for block in unet.up_blocks) >= 2
+
+
+def test_qwen_tokenizer_spells_the_template_prefix_in_the_tokens_the_pipeline_drops(loaded):
+    """QwenImagePipeline drops the first prompt_template_encode_start_idx (34) hidden states: the system prefix
+    in the real vocab. The tiny tokenizer must give the same count, or prompt states would be cut or kept."""
+    pipe = loaded("tiny-qwenimage")
+    prefix = pipe.prompt_template_encode.split("{}")[0]
+    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(prefix).input_ids)
+    assert len(tokens) == pipe.prompt_template_encode_start_idx == 34
+    assert tokens[:4] == ["<|im_start|>", "system", "Ċ", "Describe"] and tokens[-3:] == ["<|im_start|>", "user", "Ċ"]
+    prompt_ids = pipe.tokenizer(pipe.prompt_template_encode.format("a red cube")).input_ids
+    assert prompt_ids[:34] == pipe.tokenizer(prefix).input_ids, "the prompt must not merge into the prefix"
+
+
+def test_qwen_configs_agree_with_each_other(loaded):
+    pipe = loaded("tiny-qwenimage")
+    transformer, vae, text = pipe.transformer.config, pipe.vae.config, pipe.text_encoder.config.text_config
+    assert transformer.joint_attention_dim == text.hidden_size
+    assert sum(transformer.axes_dims_rope) == transformer.attention_head_dim
+    assert transformer.in_channels == 4 * vae.z_dim and transformer.out_channels == vae.z_dim
+    assert pipe.vae_scale_factor == 8
+    assert text.vocab_size == len(pipe.tokenizer) and text.pad_token_id == pipe.tokenizer.pad_token_id
 
 
 def test_materialize_twice_reuses_the_folder(cache_root, monkeypatch):

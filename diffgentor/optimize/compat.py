@@ -34,7 +34,9 @@ FAMILY_SUPPORT: dict[str, Support] = {
     "vae_slicing": Support(ALL_FAMILIES),
     "vae_tiling": Support(ALL_FAMILIES),
     # cache acceleration (issue 4). SD3/PixArt: diffgentor supplies the cache context and timestep their
-    # pipelines lack (optimize/cache/context.py). qwenimage: wired by diffusers / cache-dit themselves, no testbed.
+    # pipelines lack (optimize/cache/context.py). qwenimage: wired by diffusers / cache-dit themselves; measured on
+    # tiny-qwenimage (tests/test_caches.py). cache-dit pairs QwenImage's calls as cond/uncond: right only with a
+    # negative prompt, else set cache.enable_separate_cfg=false (its evidence warns).
     "deep_cache": Support(frozenset({"sd", "sdxl"}), "DeepCache caches the skip branches of a UNet; DiT "
                           "pipelines have none"),
     "first_block_cache": Support(frozenset({"flux", "sd3", "pixart", "qwenimage"}), "diffusers' block hooks need "

@@ -136,7 +136,7 @@ class VaeTiling(_VaeOption):
 
     def evidence(self, pipe: Any) -> dict:
         evidence = super().evidence(pipe)
-        evidence["tile_sample_min_size_px"] = getattr(pipe.vae, "tile_sample_min_size", None)
+        evidence["tile_sample_min_size_px"] = self.tile_px(pipe.vae)
         return evidence
 
     def remove(self, pipe: Any) -> None:
@@ -144,6 +144,12 @@ class VaeTiling(_VaeOption):
         for key, value in self._original_sizes.items():
             setattr(pipe.vae, key, value)
 
+    @staticmethod
+    def tile_px(vae: Any) -> Optional[int]:
+        """The tile edge: AutoencoderKL's tile_sample_min_size, else the height of the video-style VAEs
+        (QwenImage's: 256 px) that tile height and width separately."""
+        return getattr(vae, "tile_sample_min_size", getattr(vae, "tile_sample_min_height", None))
+
     def idle_reason(self) -> str:
-        size = getattr(self._counter.vae, "tile_sample_min_size", "?")
+        size = self.tile_px(self._counter.vae) or "?"
         return f"images were not larger than the {size} px tile; lower memory.tile_sample_min_size_px"

@@ -1,10 +1,10 @@
-"""The five tiny pipelines as data: every number that shapes a testbed lives here, so the cache hash
+"""The six tiny pipelines as data: every number that shapes a testbed lives here, so the cache hash
 covers it (store.py hashes `recipe_as_dict`).
 
 Each mirrors its real family's layout at toy width (repeated DiT blocks, cross-attention UNet levels,
 the real VAE latent channels and schedulers) so cache hooks, DeepCache and regional compile have the
 same structure to act on. All VAEs have 4 levels: vae_scale_factor 8, as in the real models.
-Divisibility of height/width: 16 for Flux, SD3 and PixArt (VAE 8 x patch 2), 8 for SD and SDXL.
+Divisibility of height/width: 16 for Flux, SD3, PixArt and QwenImage (VAE 8 x patch 2), 8 for SD and SDXL.
 Weights are random: these prove wiring and measure overhead, never image quality.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from diffgentor.testbed.tokenizers import clip_token_ids
+from diffgentor.testbed.tokenizers import clip_token_ids, qwen2_token_ids
 
 IMAGE_SIZE_PX = 64
 VAE_SCALE_FACTOR = 8
@@ -113,7 +113,7 @@ SD3_VAE = _vae(16, 1.5305, 0.0609, False)
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 EULER = {**SD_BETAS, "timestep_spacing": "leading", "steps_offset": 1, "prediction_type": "epsilon"}
 
-# ---- the five pipelines ----------------------------------------------------------------------
+# ---- the six pipelines ----------------------------------------------------------------------
 
 TINY_FLUX = Recipe(
     pipeline="FluxPipeline",
@@ -291,12 +291,88 @@ TINY_SDXL = Recipe(
     pipeline_kwargs={"force_zeros_for_empty_prompt": True, "add_watermarker": False},
 )
 
+QWEN_TEXT_WIDTH = 32  # Qwen2.5-VL hidden size = the transformer's joint_attention_dim
+QWEN_HEAD_DIM = 16
+
+TINY_QWENIMAGE = Recipe(
+    pipeline="QwenImagePipeline",
+    components={
+        "transformer": Component(
+            "QwenImageTransformer2DModel",
+            {
+                "patch_size": 2,
+                "in_channels": 4 * 16,  # 2x2-packed VAE latents (z_dim 16)
+                "out_channels": 16,
+                "num_layers": 4,
+                "attention_head_dim": QWEN_HEAD_DIM,
+                "num_attention_heads": 2,
+                "joint_attention_dim": QWEN_TEXT_WIDTH,
+                "guidance_embeds": False,  # as Qwen-Image: true CFG (negative_prompt + true_cfg_scale), no distillation
+                "axes_dims_rope": (4, 6, 6),  # must sum to attention_head_dim
+            },
+            seed=0,
+        ),
+        # The Wan-style causal 3D VAE; 4 levels (3 downsamples: vae_scale_factor 8) and z_dim 16 as the real one,
+        # which keeps its shipped per-channel latents_mean/std defaults.
+        "vae": Component(
+            "AutoencoderKLQwenImage",
+            {
+                "base_dim": 8,
+                "z_dim": 16,
+                # lists, not tuples: the VAE concatenates these to lists
+                "dim_mult": [1, 2, 4, 4],
+                "num_res_blocks": 1,
+                "attn_scales": [],
+                "temperal_downsample": [False, True, True],  # diffusers' spelling; its length sets the scale 8
+            },
+            seed=1,
+        ),
+        "text_encoder": Component(
+            "Qwen2_5_VLForConditionalGeneration",
+            {
+                "text_config": {
+                    **qwen2_token_ids(),
+                    "hidden_size": QWEN_TEXT_WIDTH,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 2,  # the pipeline reads the last hidden state
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 1,  # grouped-query attention, as the real one
+                    "max_position_embeddings": 2048,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                        "mrope_section": (2, 3, 3)},  # sums to head dim / 2
+                },
+                # The vision tower is never run by the text-to-image pipeline, but the class always builds it.
+                "vision_config": {"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                                  "out_hidden_size": QWEN_TEXT_WIDTH, "fullatt_block_indexes": (0,)},
+            },
+            seed=2,
+        ),
+        "tokenizer": Component("Qwen2Tokenizer", {"model_max_length": 131072}),  # as the real tokenizer
+        # Qwen-Image's scheduler_config: exponential time shift, terminal sigma 0.02. The terminal stretch makes
+        # a 1-step call all NaN (diffusers divides 0 by 0 in stretch_shift_to_terminal), as on the real model.
+        "scheduler": Component(
+            "FlowMatchEulerDiscreteScheduler",
+            {
+                "shift": 1.0,
+                "use_dynamic_shifting": True,
+                "base_shift": 0.5,
+                "max_shift": 0.9,
+                "base_image_seq_len": 256,
+                "max_image_seq_len": 8192,
+                "shift_terminal": 0.02,
+                "time_shift_type": "exponential",
+            },
+        ),
+    },
+)
+
 RECIPES: dict[str, Recipe] = {
     "tiny-flux": TINY_FLUX,
     "tiny-sd": TINY_SD,
     "tiny-sdxl": TINY_SDXL,
     "tiny-sd3": TINY_SD3,
     "tiny-pixart": TINY_PIXART,
+    "tiny-qwenimage": TINY_QWENIMAGE,
 }
 
 # Steps and guidance are each pipeline's own call defaults (so step-count-tuned caches behave as on the
@@ -307,6 +383,7 @@ TESTBED_DEFAULTS: dict[str, dict[str, float | int]] = {
     "tiny-sdxl": {"steps": 50, "guidance_scale": 5.0, "height": IMAGE_SIZE_PX, "width": IMAGE_SIZE_PX},
     "tiny-sd3": {"steps": 28, "guidance_scale": 7.0, "height": IMAGE_SIZE_PX, "width": IMAGE_SIZE_PX},
     "tiny-pixart": {"steps": 20, "guidance_scale": 4.5, "height": IMAGE_SIZE_PX, "width": IMAGE_SIZE_PX},
+    "tiny-qwenimage": {"steps": 50, "guidance_scale": 4.0, "height": IMAGE_SIZE_PX, "width": IMAGE_SIZE_PX},
 }
 
 # Pipeline-call arguments a testbed NEEDS beyond the defaults above. PixArt's resolution binning maps any
@@ -318,6 +395,7 @@ TESTBED_CALL_KWARGS: dict[str, dict[str, Any]] = {
     "tiny-sdxl": {},
     "tiny-sd3": {},
     "tiny-pixart": {"use_resolution_binning": False, "clean_caption": False},
+    "tiny-qwenimage": {},
 }
 
 # Smallest step of height/width each testbed accepts.
@@ -327,4 +405,5 @@ TESTBED_SIZE_MULTIPLE_PX: dict[str, int] = {
     "tiny-sdxl": VAE_SCALE_FACTOR,
     "tiny-sd3": VAE_SCALE_FACTOR * 2,
     "tiny-pixart": VAE_SCALE_FACTOR * 2,
+    "tiny-qwenimage": VAE_SCALE_FACTOR * 2,
 }

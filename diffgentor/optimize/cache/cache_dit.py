@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -35,6 +35,12 @@ class CacheDitSettings:
     - `warmup_interval` (default 1): during warmup, compute only every n-th step.
     - `max_cached_steps` (default -1: no limit): at most this many skipped steps per generation.
     - `max_continuous_cached_steps` (default -1: no limit): at most this many skipped steps in a row.
+    - `enable_separate_cfg` (default null: cache-dit's choice by pipeline class, true for QwenImage): read
+      consecutive denoiser calls as cond/uncond pairs of one step, each pair member with its own cache. Right
+      for QwenImage WITH a negative prompt (true CFG: two calls per step). Without one QwenImage makes one call
+      per step and cache-dit, still pairing them, counts half the steps (its warmup lasts twice as many
+      calls) and compares each call with the one two steps back (measured on the testbed); the evidence then
+      warns, and `false` is the fix.
     - `taylorseer` (default false): forecast the cached residual with cache-dit's TaylorSeer calibrator
       (more faithful at the same skipping) of order `taylorseer_order` (default 1). cache-dit 1.5 forms the
       first derivative only at the 4th fully computed step: with max_warmup_steps < 4 the forecast equals
@@ -49,6 +55,7 @@ class CacheDitSettings:
     warmup_interval: int = 1
     max_cached_steps: int = -1
     max_continuous_cached_steps: int = -1
+    enable_separate_cfg: Optional[bool] = None
     taylorseer: bool = False
     taylorseer_order: int = 1
 
@@ -123,7 +130,9 @@ class CacheDit(CacheOptimizer):
             Fn_compute_blocks=fn, Bn_compute_blocks=bn,
             residual_diff_threshold=float(s.residual_diff_threshold), max_warmup_steps=int(s.max_warmup_steps),
             warmup_interval=int(s.warmup_interval), max_cached_steps=int(s.max_cached_steps),
-            max_continuous_cached_steps=int(s.max_continuous_cached_steps))
+            max_continuous_cached_steps=int(s.max_continuous_cached_steps),
+            enable_separate_cfg=None if s.enable_separate_cfg is None else bool(s.enable_separate_cfg))
+        self._config = config  # cache-dit resolves enable_separate_cfg on this object when it is None
         calibrator = (cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=int(s.taylorseer_order))
                       if s.taylorseer else None)
         self._state = module_state(self.denoiser)
@@ -161,14 +170,31 @@ class CacheDit(CacheOptimizer):
 
         with quiet_cache_dit():
             stats = cache_dit.summary(self.denoiser, logging=False)
+        separate_cfg = bool(self._config.enable_separate_cfg)
         reported = sorted({int(step) for st in stats for step in st.cached_steps})
+        reported_cfg = sorted({int(step) for st in stats for step in st.cfg_cached_steps})
         fractions = self.counter.summary()["last_generation_call_fractions"]
         measured = [i for i, f in enumerate(fractions) if f is not None and f < FULL_SHARE]
-        evidence: dict = {"cache_dit_cached_steps": reported, "measured_cached_steps": measured, **self._used,
+        # Measured per denoiser call; cache-dit counts steps. With separate CFG, its step s is the call pair
+        # (2s, 2s+1): cond first unless cfg_compute_first.
+        expected = reported
+        if separate_cfg:
+            cond, uncond = (1, 0) if self._config.cfg_compute_first else (0, 1)
+            expected = sorted([2 * step + cond for step in reported] + [2 * step + uncond for step in reported_cfg])
+        evidence: dict = {"cache_dit_cached_steps": reported, "cache_dit_cfg_cached_steps": reported_cfg,
+                          "enable_separate_cfg": separate_cfg, "measured_cached_calls": measured, **self._used,
                           "warnings": [self._capped] if self._capped else []}
-        if reported != measured:
-            evidence["warnings"].append(f"cache-dit reports cached steps {reported}, but block compute was "
-                                        f"reduced at steps {measured}")
+        steps = self.tracker.steps_run // max(self.tracker.generation, 1)
+        if separate_cfg and len(fractions) == steps:
+            evidence["warnings"].append(
+                f"cache-dit read the {steps} single denoiser calls of each generation as cond/uncond pairs "
+                f"(enable_separate_cfg, its choice for {type(pipe).__name__}), but the pipeline ran one call per "
+                f"step (no negative prompt): it counted half the steps and compared each call with the one two "
+                f"steps back. Set cache.enable_separate_cfg=false, or give a negative prompt")
+        elif expected != measured:
+            evidence["warnings"].append(f"cache-dit reports cached steps {reported}"
+                                        + (f" (uncond: {reported_cfg})" if separate_cfg else "")
+                                        + f", but block compute was reduced at denoiser calls {measured}")
         if self.settings.taylorseer and self.settings.max_warmup_steps < 4:
             evidence["warnings"].append("taylorseer: cache-dit forms its first derivative at the 4th full step; "
                                         "with max_warmup_steps < 4 early forecasts equal plain reuse")

@@ -10,8 +10,11 @@ rather than adding a forward hook matters because caches replace the forward of 
 hook then holds our wrapper as the "original" forward and only real calls count, so the counter must be
 attached before the cache. Nothing is inferred from a cache's own bookkeeping.
 
-One row per denoiser call. A block's full cost is the most it cost in any call of the same generation (the
-first step always runs everything); `compute_fraction` = MACs run / full MACs over all block calls.
+One row per denoiser call. A block's full cost is the most it cost in any call of the same generation with
+the same input shapes (the first step always runs everything): QwenImage runs its classifier-free guidance
+as a second call whose text is as long as the negative prompt, so a fully computed uncond call must not be
+measured against the cond call's longer attention. `compute_fraction` = MACs run / full MACs over all block
+calls.
 """
 
 from __future__ import annotations
@@ -84,9 +87,18 @@ def attention_cost(attention: torch.nn.Module) -> Callable[[tuple, dict, object]
     return cost
 
 
+def input_shapes(args: tuple, kwargs: dict) -> tuple:
+    """The shapes of a call's tensor arguments, positional then by keyword name."""
+    positional = tuple(tuple(a.shape) for a in args if torch.is_tensor(a))
+    named = tuple(sorted((k, tuple(v.shape)) for k, v in kwargs.items() if torch.is_tensor(v)))
+    return positional + named
+
+
 @dataclass
 class CallRecord:
     generation: int
+    #: Shapes of the call's tensor inputs: calls are compared only with calls of the same shapes.
+    shapes: tuple = ()
     #: MACs per block, then one last entry for the layers outside the blocks (embedders, projections).
     macs: list[int] = field(default_factory=list)
 
@@ -103,6 +115,7 @@ class ComputeCounter:
                                    f"({', '.join(DIT_BLOCK_LISTS)}): its skipped compute cannot be measured")
         self.calls: list[CallRecord] = []
         self._current: list[int] | None = None
+        self._shapes: tuple = ()
         self._handles: list = []
         self._wrapped: list[tuple[torch.nn.Module, object]] = []
 
@@ -123,7 +136,7 @@ class ComputeCounter:
         return counted
 
     def attach(self) -> None:
-        self._handles.append(self.denoiser.register_forward_pre_hook(self._begin_call))
+        self._handles.append(self.denoiser.register_forward_pre_hook(self._begin_call, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._end_call, always_call=True))
         for slot, module, cost in self._counted():
             self._wrap(module, slot, cost)
@@ -153,21 +166,23 @@ class ComputeCounter:
         module.forward = forward
 
     @torch.compiler.disable
-    def _begin_call(self, module: torch.nn.Module, args: tuple) -> None:
+    def _begin_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         self._current = [0] * (len(self.blocks) + 1)
+        self._shapes = input_shapes(args, kwargs)
 
     @torch.compiler.disable
     def _end_call(self, module: torch.nn.Module, args: tuple, output: object) -> None:
         if self._current is not None:
-            self.calls.append(CallRecord(self.generation(), self._current))
+            self.calls.append(CallRecord(self.generation(), self._shapes, self._current))
         self._current = None
 
-    def _full_costs(self) -> dict[int, list[int]]:
-        """Per generation, each slot's largest cost in any call (the cost of computing it fully)."""
-        full: dict[int, list[int]] = {}
+    def _full_costs(self) -> dict[tuple, list[int]]:
+        """Per generation and input shapes, each slot's largest cost in any such call (its full cost)."""
+        full: dict[tuple, list[int]] = {}
         for call in self.calls:
-            best = full.setdefault(call.generation, [0] * len(call.macs))
-            full[call.generation] = [max(a, b) for a, b in zip(best, call.macs)]
+            key = (call.generation, call.shapes)
+            best = full.setdefault(key, [0] * len(call.macs))
+            full[key] = [max(a, b) for a, b in zip(best, call.macs)]
         return full
 
     def summary(self) -> dict:
@@ -178,7 +193,7 @@ class ComputeCounter:
         ran = full_total = other_ran = other_full = 0
         per_call = []
         for call in self.calls:
-            block_full = full[call.generation]
+            block_full = full[(call.generation, call.shapes)]
             call_ran = call_full = 0
             for slot in range(n_blocks):
                 cost, cost_full = call.macs[slot], block_full[slot]
