@@ -51,8 +51,10 @@ def _skip_if_done(cfg: DictConfig, run_dir: Path) -> bool:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_app(cfg: DictConfig) -> None:
     """Run one job; a user error is one line on stderr and a non-zero exit; in a multirun, see _job_failed."""
+    from diffgentor.console import route_library_logs
     from diffgentor.run import execute
 
+    route_library_logs()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
@@ -77,7 +79,9 @@ def hydra_app(cfg: DictConfig) -> None:
 def main() -> None:
     """`python -m diffgentor`: the Hydra app; after a multirun, exit 1 if a job failed (see callbacks.py)."""
     from diffgentor.callbacks import take_sweep_exit_code
+    from diffgentor.jobdirs import exclude_constant_overrides
 
+    sys.argv[1:] = exclude_constant_overrides(sys.argv[1:])
     hydra_app()
     code = take_sweep_exit_code()
     if code:

@@ -57,6 +57,8 @@ class SweepSummary(Callback):
         from diffgentor.sweep import SUMMARY_MD, write_report
 
         outcome = _outcome or SweepOutcome(Path(str(config.hydra.sweep.dir)))
+        if OmegaConf.select(config, "dry_run") is True:
+            return  # a dry run loads nothing and writes no run.json: there is no summary to build
         try:
             summary = write_report(outcome.sweep_dir, OmegaConf.select(config, "sweep.baseline"))
         except Exception as exc:  # Hydra would only warn: record it so the exit code says so

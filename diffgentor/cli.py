@@ -184,6 +184,9 @@ def translate(args: argparse.Namespace, passthrough: Sequence[str] = ()) -> list
         ("num_images_per_prompt", args.num_images_per_prompt, False),
         ("batch_size", args.batch_size, False),
         ("device", args.device, True),
+        ("threads", args.threads, False),
+        ("max_sequence_length", args.max_sequence_length, False),
+        ("true_cfg_scale", args.true_cfg_scale, False),
         ("benchmark.warmup", args.warmup, False),
         ("benchmark.repeats", args.repeats, False),
     )
@@ -380,6 +383,9 @@ def _add_t2i(subparsers) -> None:
                    help="weights/compute dtype: bfloat16, float16, float32 (or bf16, fp16, fp32, auto) "
                         "(default: auto = bfloat16 on CUDA, float32 elsewhere)")
     g.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {_root_default('device')})")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: OMP_NUM_THREADS if set, else one per core; "
+                        "on a shared machine use 1)")
 
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", help=f"the prompt (default: {_root_default('prompt')!r})")
@@ -387,6 +393,12 @@ def _add_t2i(subparsers) -> None:
                    help=".txt (one prompt a line), .jsonl ({\"prompt\", \"seed\"?, \"negative_prompt\"?}) or "
                         ".csv (a prompt column); replaces --prompt")
     g.add_argument("--negative_prompt", help="for pipelines that take one (default: none)")
+    g.add_argument("--max_sequence_length", type=int, metavar="N",
+                   help="text encoder tokens (FLUX: T5 length, up to 512) (default: the model entry's or "
+                        "the pipeline's)")
+    g.add_argument("--true_cfg_scale", type=float, metavar="G",
+                   help="true classifier-free guidance with --negative_prompt, for pipelines that take it "
+                        "(FLUX, Qwen-Image) (default: the pipeline's)")
     g.add_argument("--num_inference_steps", "--steps", type=int, metavar="N",
                    help="denoising steps (default: the model entry's, e.g. 28 for flux-dev)")
     g.add_argument("--guidance_scale", type=float, metavar="G", help="(default: the model entry's)")

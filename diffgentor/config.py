@@ -108,14 +108,23 @@ class RunConfig:
     height: int = MISSING
     width: int = MISSING
     device: str = "auto"
+    #: Pipeline-call arguments FLUX users pass (null: the model entry's call_kwargs / the pipeline default).
+    #: Refused before load when the pipeline's __call__ does not take them.
+    max_sequence_length: Optional[int] = None
+    true_cfg_scale: Optional[float] = None
+    #: torch CPU threads (intra-op). null: OMP_NUM_THREADS if set, else torch's default of one per core.
+    #: On a shared machine use threads=1: extra threads oversubscribe the cores (diffgentor/threads.py).
+    threads: Optional[int] = None
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     #: Print the ordered optimization plan and exit without loading weights.
     dry_run: bool = False
     #: Where embedded testbed pipelines are built (once) and cached.
     cache_dir: str = "~/.cache/diffgentor"
-    #: Show tqdm progress bars (images, and denoising steps).
+    #: Show the run's image progress bar. false silences every bar.
     progress: bool = True
+    #: Also show the pipeline's per-step bar of every call (with progress=true).
+    progress_steps: bool = False
     #: Multirun summary settings (baseline choice).
     sweep: SweepConfig = field(default_factory=SweepConfig)
     #: Rerunning a sweep into the same folder (hydra.sweep.dir=...): skip each job whose run.json is "ok" for
@@ -125,9 +134,11 @@ class RunConfig:
 
 def register_configs() -> None:
     """Register the root schema, group schemas and the `dg.env` resolver (idempotent)."""
+    from diffgentor.jobdirs import register_job_dir_resolver
     from diffgentor.optimize.registry import load_all
 
     register_resolvers()
+    register_job_dir_resolver()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)

@@ -13,6 +13,14 @@ class UnsupportedError(DiffgentorError):
     """A requested optimization cannot apply to this pipeline or conflicts with another one."""
 
 
+class RefusedError(UnsupportedError):
+    """The plan refused one or more optimizations; `reasons` holds each, as run.json records them."""
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.reasons = list(reasons)
+
+
 class MissingPackageError(UnsupportedError):
     """An optional package is needed; the message names the pip extra that provides it."""
 

@@ -6,6 +6,7 @@ testbed exercises exactly the path a real model takes.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -120,6 +121,17 @@ def resolve_source(model_cfg: Any, cache_dir: str) -> ModelSource:
         family = _family_for(class_name, model_cfg.family, f"testbed {model_cfg.testbed}")
         return ModelSource(str(folder), True, family, class_name, f"diffgentor-testbed/{model_cfg.testbed}")
     raise ConfigError(f"model {model_cfg.name}: set model.path (hub id or folder) or model.testbed")
+
+
+def call_parameters(pipeline_class: Optional[str]) -> Optional[frozenset]:
+    """The arguments the pipeline class's __call__ takes, from diffusers' class alone (no weights); None when
+    the class is not known before load (an uncached hub id)."""
+    if not pipeline_class:
+        return None
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class, None)
+    return frozenset(inspect.signature(cls.__call__).parameters) if cls is not None else None
 
 
 def load_pipeline(source: ModelSource, model_cfg: Any, dtype: torch.dtype) -> Any:

@@ -16,7 +16,7 @@ from diffgentor.record import RUN_FILE, write_json_atomic
 
 #: Top-level keys that do not change what a job computes: left out of the hash. (hydra.* is never in a job's
 #: config; `cache_dir` only says where the embedded testbeds are stored; `sweep` only affects the summary.)
-VOLATILE_KEYS = frozenset({"resume", "progress", "cache_dir", "sweep"})
+VOLATILE_KEYS = frozenset({"resume", "progress", "progress_steps", "cache_dir", "sweep"})
 
 
 def config_hash(config: dict) -> str:
@@ -54,11 +54,16 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: BaseException) -> None:
-    """Make sure the job's run.json says "failed" with the error. run.py already did when it had started
-    the record; a job refused before that gets a record here, with its config as far as it resolves."""
+ENDED_BADLY = ("failed", "refused")
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: BaseException,
+                   status: str = "failed") -> None:
+    """Make sure the job's run.json says "failed" (or "refused", before load) with the error. run.py already
+    did when it had started the record; a job stopped before that gets a record here, with its config as far
+    as it resolves, and `reasons`: every refusal (RefusedError.reasons) or the one error."""
     record = read_record(run_dir)
-    if record is not None and record.get("status") == "failed":
+    if record is not None and record.get("status") in ENDED_BADLY:
         return
     if record is None:
         try:
@@ -66,5 +71,7 @@ def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: Ba
         except Exception:  # the failure may be the config itself (a bad DG_* variable): keep it unresolved
             config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         record = {"config": config, "overrides": list(overrides), "images": [], "optimizations": []}
-    record.update(status="failed", error=failure_message(exc))
+    record.update(status=status, error=failure_message(exc),
+                  reasons=list(getattr(exc, "reasons", None) or [str(exc).splitlines()[0] if str(exc) else
+                                                                 type(exc).__name__]))
     write_json_atomic(run_dir / RUN_FILE, record)

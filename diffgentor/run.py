@@ -16,12 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, peak_memory
 from diffgentor.optimize.plan import Plan, apply_plan, build_plan, collect_evidence, release_plan
-from diffgentor.pipeline import check_size, load_pipeline, resolve_device, resolve_dtype, resolve_source
+from diffgentor.pipeline import (call_parameters, check_size, load_pipeline, resolve_device, resolve_dtype,
+                                 resolve_source)
 from diffgentor.prompts import PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, save_image
+from diffgentor.resume import record_failure
+from diffgentor.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +55,82 @@ def prompt_specs(run_cfg: Any) -> list[PromptSpec]:
     return [PromptSpec(run_cfg.prompt)]
 
 
+#: Pipeline-call arguments the run config passes through when set (seed CLI: --max_sequence_length, ...).
+PASS_THROUGH_ARGUMENTS = ("max_sequence_length", "true_cfg_scale")
+
+
 def prepare(run_cfg: Any) -> tuple[Any, str, Plan]:
     """Everything before load: device, model source and family, and the checked optimization plan."""
+    if run_cfg.threads is not None and run_cfg.threads < 1:
+        raise ConfigError(f"threads={run_cfg.threads}: give a count >= 1, or null for OMP_NUM_THREADS / one per core")
+    if run_cfg.benchmark.repeats < 1 or run_cfg.benchmark.warmup < 0:
+        raise ConfigError(f"benchmark.repeats={run_cfg.benchmark.repeats} benchmark.warmup={run_cfg.benchmark.warmup}:"
+                          " repeats must be >= 1 and warmup >= 0")
     device = resolve_device(run_cfg.device)
     source = resolve_source(run_cfg.model, run_cfg.cache_dir)
     plan = build_plan(run_cfg, source.family)
     return source, device, plan
 
 
+def pass_through_kwargs(run_cfg: Any, pipeline_class: Optional[str], accepted: Optional[frozenset]) -> dict:
+    """The set pass-through arguments; one the pipeline's __call__ does not take is refused (`accepted`
+    None: not known yet, checked again once the pipeline is loaded)."""
+    wanted = {key: getattr(run_cfg, key) for key in PASS_THROUGH_ARGUMENTS if getattr(run_cfg, key) is not None}
+    for key, value in wanted.items():
+        if accepted is not None and key not in accepted:
+            raise ConfigError(f"{key}={value}: {pipeline_class} takes no {key}; remove it")
+    if wanted.get("max_sequence_length", 1) < 1:
+        raise ConfigError(f"max_sequence_length={wanted['max_sequence_length']}: give a token count >= 1")
+    return wanted
+
+
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[dict]:
-    """Run one configuration into `run_dir`; returns run.json's data (None for a dry run)."""
-    run_cfg = resolve_config(cfg)
-    source, device, plan = prepare(run_cfg)
-    if run_cfg.dry_run:
-        print(f"model: {source.model_id} ({source.family}, {source.location})  device: {device}")
-        print(plan.describe())
-        return None
-    plan.raise_if_refused()
+    """Run one configuration into `run_dir`; returns run.json's data (None for a dry run).
+
+    A run refused before load (a config value, the plan, the prompts) still leaves run.json, status "refused"
+    with every reason, so a sweep's summary and a later look can tell why."""
+    try:
+        run_cfg = resolve_config(cfg)
+        source, device, plan = prepare(run_cfg)
+        if run_cfg.dry_run:
+            print(f"model: {source.model_id} ({source.family}, {source.location})  device: {device}")
+            print(plan.describe())
+            return None
+        plan.raise_if_refused()
+        pass_through_kwargs(run_cfg, source.pipeline_class, call_parameters(source.pipeline_class))
+        jobs = image_jobs(prompt_specs(run_cfg), run_cfg.num_images_per_prompt, run_cfg.seed,
+                          run_cfg.negative_prompt)
+    except DiffgentorError as exc:
+        if OmegaConf.select(cfg, "dry_run") is not True:
+            record_failure(run_dir, cfg, overrides, exc, status="refused")
+            log.info("refused before load: %s", exc)
+        raise
     for warning in plan.warnings:
         log.warning(warning)
-    jobs = image_jobs(prompt_specs(run_cfg), run_cfg.num_images_per_prompt, run_cfg.seed,
-                      run_cfg.negative_prompt)
+    log.info("model %s (%s, %s) on %s; plan: %s", source.model_id, source.family, source.location, device,
+             ", ".join(step.name for step in plan.steps) or "no optimizations")
     job_batches = batches(jobs, run_cfg.batch_size)
 
-    record = RunRecord(run_dir, {
-        "config": config_as_dict(cfg),
-        "overrides": list(overrides),
-        "model": {"id": source.model_id, "family": source.family, "pipeline_class": source.pipeline_class,
-                  "location": source.location},
-        "environment": environment(device),
-    })
-    try:
-        _generate_into(record, run_cfg, source, device, plan, job_batches, run_dir)
-    except BaseException as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        record.finish("failed", error=f"{type(exc).__name__}: {message}")
-        raise
-    finally:
-        release_plan(plan)  # process-wide state (attention registry, compiler flags) clean for the next job
+    with torch_threads(run_cfg.threads) as threads:
+        record = RunRecord(run_dir, {
+            "config": config_as_dict(cfg),
+            "overrides": list(overrides),
+            "model": {"id": source.model_id, "family": source.family, "pipeline_class": source.pipeline_class,
+                      "location": source.location},
+            "threads": threads,
+            "environment": environment(device),
+        })
+        try:
+            _generate_into(record, run_cfg, source, device, plan, job_batches, run_dir)
+        except BaseException as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            record.finish("failed", error=f"{type(exc).__name__}: {message}")
+            log.info("run failed: %s: %s", type(exc).__name__, message)
+            raise
+        finally:
+            release_plan(plan)  # process-wide state (attention registry, compiler flags) clean for the next job
     record.finish("ok")
+    log.info("run ok: %d images, record %s", len(record.data["images"]), record.path)
     return record.data
 
 
@@ -97,25 +138,28 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
                    job_batches: list, run_dir: Path) -> None:
     dtype = resolve_dtype(run_cfg.precision.dtype.value, device)
     start = time.perf_counter()
-    pipe = load_pipeline(source, run_cfg.model, dtype)
+    with no_loading_bars():
+        pipe = load_pipeline(source, run_cfg.model, dtype)
     pipe.to(device)
     load_s = time.perf_counter() - start
+    log.info("loaded %s as %s in %.2f s", type(pipe).__name__, str(dtype).replace("torch.", ""), load_s)
     check_size(pipe, run_cfg.height, run_cfg.width)
-    pipe.set_progress_bar_config(disable=not run_cfg.progress, leave=False)
+    passed = pass_through_kwargs(run_cfg, type(pipe).__name__, call_parameters(type(pipe).__name__))
+    pipe.set_progress_bar_config(disable=not (run_cfg.progress and run_cfg.progress_steps), leave=False)
 
     start = time.perf_counter()
     applied = apply_plan(plan, pipe)
     optimize_s = time.perf_counter() - start
+    if applied:
+        log.info("applied %s in %.2f s", ", ".join(r.name for r in applied), optimize_s)
     record.update(timings={"load_s": load_s, "optimize_s": optimize_s}, dtype=str(dtype).replace("torch.", ""))
 
     settings = GenerationSettings(
         steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
         width=run_cfg.width, device=device,
         warmup=run_cfg.benchmark.warmup,
-        repeats=run_cfg.benchmark.repeats, extra_kwargs=dict(run_cfg.model.call_kwargs),
+        repeats=run_cfg.benchmark.repeats, extra_kwargs={**run_cfg.model.call_kwargs, **passed},
     )
-    if settings.repeats < 1 or settings.warmup < 0:
-        raise ConfigError("benchmark.repeats must be >= 1 and benchmark.warmup >= 0")
     images_dir = run_dir / IMAGES_DIR
 
     def keep(batch: list, images: list, latency_s: float) -> None:
@@ -129,6 +173,10 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
     with tqdm(total=total, desc="images", unit="img", disable=not run_cfg.progress) as bar:
         timings = generate(pipe, job_batches, settings, keep, progress=bar)
     collect_evidence(plan, pipe, applied)
+    latency = timings.summary(settings.steps)["latency_s"]
+    if latency:
+        log.info("timed %d calls: median %.4f s (min %.4f, max %.4f)", latency["n"], latency["median"],
+                 latency["min"], latency["max"])
     record.update(
         timings={"load_s": load_s, "optimize_s": optimize_s, **timings.summary(settings.steps),
                  "warmup_passes": settings.warmup, "repeats": settings.repeats},

@@ -7,6 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The one place the suite sets torch's CPU threads: before torch is imported here, and inherited by every
+# `python -m diffgentor` the tests start (a run's `threads: null` honours OMP_NUM_THREADS). These tests check
+# outputs, not speed; on a shared 2-core machine two threads per process oversubscribe the cores (a tiny-flux
+# call measured 0.4 s at one thread vs 2.3-9.6 s at two under load).
+os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict

@@ -150,7 +150,9 @@ def test_seed_command_runs_with_the_testbed(command, tmp_path, testbed_cache):
         assert result.returncode == 1, result.stdout + result.stderr
         assert result.stderr.startswith("error: ") and f"attention={backend}" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert not list(tmp_path.glob("outputs/*/*/run.json"))
+        refused = single_record(tmp_path)  # the refusal is on record, with nothing generated
+        assert refused["status"] == "refused" and refused["reasons"][0].startswith("attention:"), refused
+        assert not list(tmp_path.glob("outputs/*/*/images/*.png"))
         return
     assert result.returncode == 0, result.stderr
     data = single_record(tmp_path)
@@ -223,6 +225,9 @@ def test_seed_command_as_written_dry_runs_offline():
     (["--enable_compile", "--compile_mode", "reduce-overhead"], ["+compile=reduce-overhead"]),
     (["--enable_compile", "--compile_regional"], ["+compile=enabled", "compile.regional=true"]),
     (["--dry_run"], ["dry_run=true"]),
+    (["--threads", "1"], ["threads=1"]),
+    (["--max_sequence_length", "256"], ["max_sequence_length=256"]),
+    (["--true_cfg_scale", "4.0"], ["true_cfg_scale=4.0"]),
 ])
 def test_flag_translates_to_override(argv, overrides):
     assert cli.translate(parse(argv)) == overrides
@@ -233,12 +238,14 @@ def test_every_translation_composes_into_the_config_it_names():
         "--model_name", "tiny-sd", "--torch_dtype", "float16", "--no-enable_tf32", "--prompt", "x",
         "--steps", "3", "--guidance_scale", "1.5", "--height", "32", "--width", "40", "--seed", "9",
         "--num_images_per_prompt", "3", "--batch_size", "2", "--negative_prompt", "y", "--device", "cpu",
-        "--warmup", "0", "--repeats", "2", "--enable_fuse_qkv", "--dry_run"])))
+        "--warmup", "0", "--repeats", "2", "--enable_fuse_qkv", "--dry_run", "--threads", "2",
+        "--max_sequence_length", "64", "--true_cfg_scale", "3"])))
     assert (cfg.model.name, cfg.precision.dtype.value, cfg.precision.tf32) == ("tiny-sd", "fp16", False)
     assert (cfg.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance_scale) == ("x", "y", 3, 1.5)
     assert (cfg.height, cfg.width, cfg.seed, cfg.num_images_per_prompt, cfg.batch_size) == (32, 40, 9, 3, 2)
     assert (cfg.device, cfg.benchmark.warmup, cfg.benchmark.repeats) == ("cpu", 0, 2)
     assert cfg.fuse_qkv is True and cfg.dry_run is True
+    assert (cfg.threads, cfg.max_sequence_length, cfg.true_cfg_scale) == (2, 64, 3.0)
 
 
 def test_paths_become_absolute(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 from diffgentor.optimize import apply_optimizations
 from diffgentor.run import resolve_config
 
-from test_optimizers import generate, max_diff, one_torch_thread  # noqa: F401 (autouse fixture)
+from test_optimizers import generate, max_diff
 
 
 @pytest.fixture(autouse=True)

@@ -27,16 +27,6 @@ TESTBEDS = ["tiny-flux", "tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-pixart", "tin
 FAMILY = {name: name.removeprefix("tiny-") for name in TESTBEDS}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests check outputs, not speed: one intra-op thread avoids OpenMP oversubscription on a shared
-    2-core machine (measured: a tiny-flux call 0.4 s with one thread vs 2.3-9.6 s with two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def generate(pipe, testbed: str, steps: int = 2, size_px: int = 64, batch: int = 1) -> torch.Tensor:
     pipe.set_progress_bar_config(disable=True)
     return pipe(["a red circle on blue"] * batch, num_inference_steps=steps, height=size_px, width=size_px,

@@ -158,9 +158,9 @@ def test_failing_jobs_do_not_stop_the_sweep_and_exit_non_zero(tmp_path, testbed_
     assert result.returncode == 1
     records = _records(sweep_dir)
     assert len(records) == 4
-    statuses = {name.split("_")[0]: r["status"] for name, r in records.items()}
+    statuses = {str(int(name.split("-")[0])): r["status"] for name, r in records.items()}
     assert statuses == {"0": "ok", "1": "failed", "2": "failed", "3": "failed"}
-    errors = {name.split("_")[0]: r.get("error", "") for name, r in records.items()}
+    errors = {str(int(name.split("-")[0])): r.get("error", "") for name, r in records.items()}
     assert errors["1"].startswith("ConfigError: batch_size=0") and errors["3"].startswith("ConfigError: batch_size")
     assert errors["2"].startswith("ValueError: `max_sequence_length` cannot be greater than 512")
     assert "Traceback" in result.stdout + result.stderr  # an unexpected error shows where it came from

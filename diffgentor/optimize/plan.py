@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffgentor.errors import DiffgentorError, UnsupportedError
+from diffgentor.errors import DiffgentorError, RefusedError, UnsupportedError
 from diffgentor.families import FAMILIES
 from diffgentor.optimize.base import OptimizationRecord, Optimizer
 from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
@@ -41,10 +41,9 @@ class Plan:
         return [s for s in self.steps if not s.supported]
 
     def raise_if_refused(self) -> None:
-        """One error naming the first refusal; the dry run shows all of them."""
+        """One error line naming every refusal, first one first; the dry run prints them one a line."""
         if self.refused:
-            first = self.refused[0]
-            raise UnsupportedError(f"{first.name}: {first.reason}")
+            raise RefusedError([f"{step.name}: {step.reason}" for step in self.refused])
 
     def describe(self) -> str:
         """The ordered plan as printed by the dry run."""
