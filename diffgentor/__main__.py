@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from diffgentor.config import register_configs
 from diffgentor.errors import DiffgentorError
+from diffgentor.signals import Terminated, interrupt_of, sigterm_raises
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("diffgentor")
@@ -34,6 +35,20 @@ def _job_failed(exc: Exception, cfg: DictConfig, run_dir: Path, overrides: list[
         log.error("job failed: %s", run_dir, exc_info=exc)
     print(f"error: {exc if isinstance(exc, DiffgentorError) else failure_message(exc)}", file=sys.stderr)
     record_failure(run_dir, cfg, overrides, exc)
+
+
+def _stopped(exc: BaseException, cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    """Ctrl-C or SIGTERM: the record says "interrupted" (run.py already did once its record existed), one
+    line says so, and the process ends with the shell's code for that signal (a sweep stops here too)."""
+    from diffgentor.resume import record_failure
+
+    name, code = interrupt_of(exc)
+    record_failure(run_dir, cfg, overrides, exc, status="interrupted")
+    if _show_full_errors():
+        raise exc
+    print(f"error: interrupted by {name}; the images written so far are listed in {run_dir / 'run.json'}",
+          file=sys.stderr)
+    sys.exit(code)
 
 
 def _skip_if_done(cfg: DictConfig, run_dir: Path) -> bool:
@@ -59,9 +74,12 @@ def hydra_app(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
-        if cfg.resume and _skip_if_done(cfg, run_dir):
-            return None
-        data = execute(cfg, run_dir, overrides)
+        with sigterm_raises():
+            if cfg.resume and _skip_if_done(cfg, run_dir):
+                return None
+            data = execute(cfg, run_dir, overrides)
+    except (KeyboardInterrupt, Terminated) as exc:
+        _stopped(exc, cfg, run_dir, overrides)
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             _job_failed(exc, cfg, run_dir, overrides)

@@ -4,6 +4,7 @@ the environment it ran in, and images named and tagged so they can be traced bac
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -22,13 +23,28 @@ IMAGES_DIR = "images"
 SLUG_MAX_CHARS = 48
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+def finite_only(data: Any) -> Any:
+    """`data` with every NaN / Infinity replaced by None: strict JSON parsers reject those tokens."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_only(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_only(value) for value in data]
+    return data
+
+
+def write_json_atomic(path: Path, data: Any, strict: bool = False) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file. `strict`:
+    non-finite floats become null (run.json); otherwise they are written as JSON's Infinity / NaN tokens,
+    which Python's json reads back (the sweep summary's PSNR of identical images is infinite)."""
+    if strict:
+        data = finite_only(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str, allow_nan=True)
+            json.dump(data, handle, indent=2, default=str, allow_nan=not strict)
             handle.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -122,7 +138,7 @@ class RunRecord:
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.path, self.data)
+        write_json_atomic(self.path, self.data, strict=True)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)

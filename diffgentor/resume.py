@@ -50,11 +50,16 @@ def completed(run_dir: Path, config: dict) -> Optional[dict]:
 
 def failure_message(exc: BaseException) -> str:
     """The one-line error recorded in run.json (the same form run.py records)."""
+    from diffgentor.signals import interrupt_of
+
+    interrupt = interrupt_of(exc)
+    if interrupt:
+        return f"interrupted by {interrupt[0]}"
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"{type(exc).__name__}: {message}"
 
 
-ENDED_BADLY = ("failed", "refused")
+ENDED_BADLY = ("failed", "refused", "interrupted")
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: BaseException,
@@ -74,4 +79,4 @@ def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: Ba
     record.update(status=status, error=failure_message(exc),
                   reasons=list(getattr(exc, "reasons", None) or [str(exc).splitlines()[0] if str(exc) else
                                                                  type(exc).__name__]))
-    write_json_atomic(run_dir / RUN_FILE, record)
+    write_json_atomic(run_dir / RUN_FILE, record, strict=True)

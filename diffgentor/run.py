@@ -24,8 +24,10 @@ from diffgentor.pipeline import (call_parameters, check_size, load_pipeline, res
                                  resolve_source)
 from diffgentor.prompts import PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, save_image
-from diffgentor.resume import record_failure
+from diffgentor.resume import failure_message, record_failure
+from diffgentor.signals import interrupt_of
 from diffgentor.threads import torch_threads
+from diffgentor.validate import check_values
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,7 @@ PASS_THROUGH_ARGUMENTS = ("max_sequence_length", "true_cfg_scale")
 
 def prepare(run_cfg: Any) -> tuple[Any, str, Plan]:
     """Everything before load: device, model source and family, and the checked optimization plan."""
-    if run_cfg.threads is not None and run_cfg.threads < 1:
-        raise ConfigError(f"threads={run_cfg.threads}: give a count >= 1, or null for OMP_NUM_THREADS / one per core")
-    if run_cfg.benchmark.repeats < 1 or run_cfg.benchmark.warmup < 0:
-        raise ConfigError(f"benchmark.repeats={run_cfg.benchmark.repeats} benchmark.warmup={run_cfg.benchmark.warmup}:"
-                          " repeats must be >= 1 and warmup >= 0")
+    check_values(run_cfg)
     device = resolve_device(run_cfg.device)
     source = resolve_source(run_cfg.model, run_cfg.cache_dir)
     plan = build_plan(run_cfg, source.family)
@@ -79,8 +77,6 @@ def pass_through_kwargs(run_cfg: Any, pipeline_class: Optional[str], accepted: O
     for key, value in wanted.items():
         if accepted is not None and key not in accepted:
             raise ConfigError(f"{key}={value}: {pipeline_class} takes no {key}; remove it")
-    if wanted.get("max_sequence_length", 1) < 1:
-        raise ConfigError(f"max_sequence_length={wanted['max_sequence_length']}: give a token count >= 1")
     return wanted
 
 
@@ -123,9 +119,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         try:
             _generate_into(record, run_cfg, source, device, plan, job_batches, run_dir)
         except BaseException as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            record.finish("failed", error=f"{type(exc).__name__}: {message}")
-            log.info("run failed: %s: %s", type(exc).__name__, message)
+            record.finish("interrupted" if interrupt_of(exc) else "failed", error=failure_message(exc))
+            log.info("run ended: %s", record.data["error"])
             raise
         finally:
             release_plan(plan)  # process-wide state (attention registry, compiler flags) clean for the next job

@@ -46,7 +46,7 @@ def test_threads_setting_is_used_recorded_and_restored(tmp_path, make_config):
 
 def test_threads_below_one_is_refused_before_load(tmp_path, make_config, monkeypatch):
     monkeypatch.setattr(run_module, "load_pipeline", lambda *a, **k: pytest.fail("loaded weights"))
-    with pytest.raises(ConfigError, match=r"threads=0: give a count >= 1"):
+    with pytest.raises(ConfigError, match=r"threads=0: must be >= 1; give a count >= 1"):
         execute(make_config(["threads=0"]), tmp_path, [])
     record = _record(tmp_path)
     assert record["status"] == "refused" and "threads=0" in record["reasons"][0]

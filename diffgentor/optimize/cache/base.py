@@ -9,6 +9,7 @@ cache off, then the measurement, leaving the pipeline as it was.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -34,8 +35,8 @@ def require_range(field: str, value: Any) -> tuple[int, int]:
 
 
 def require_at_least(field: str, value: Any, minimum: float) -> None:
-    if value is None or value < minimum:
-        raise ConfigError(f"cache.{field}={value!r}: must be >= {minimum}")
+    if value is None or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"cache.{field}={value!r}: must be a finite number >= {minimum}")
 
 
 class CacheOptimizer(Optimizer):
