@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,30 @@ class ImageJob:
     negative_prompt: Optional[str]
 
 
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, a leading byte-order mark dropped; anything else is one clear error."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"prompts_file={path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                          "save it as UTF-8") from None
+    if "\x00" in text:
+        raise ConfigError(f"prompts_file={path}: holds NUL bytes, so it is not a text file; give a .txt, .jsonl "
+                          "or .csv of prompts")
+    return text
+
+
 def _read_txt(path: Path) -> list[PromptSpec]:
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_text(path).splitlines()
     return [PromptSpec(line.strip()) for line in lines if line.strip()]
 
 
 def _read_jsonl(path: Path) -> list[PromptSpec]:
     specs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -55,7 +72,7 @@ def _read_jsonl(path: Path) -> list[PromptSpec]:
 
 
 def _read_csv(path: Path) -> list[PromptSpec]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(_read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or "prompt" not in reader.fieldnames:
             raise ConfigError(f"{path}: needs a header row with a 'prompt' column, got {reader.fieldnames}")
@@ -102,6 +119,9 @@ def image_jobs(specs: list[PromptSpec], images_per_prompt: int, base_seed: int,
         for k in range(images_per_prompt):
             index = len(jobs)
             seed = spec.seed + k if spec.seed is not None else base_seed + index
+            if not 0 <= seed < SEED_LIMIT:
+                raise ConfigError(f"seed {seed} of image {index} ({spec.prompt[:40]!r}): seeds are 0 <= seed < 2**64; "
+                                  "lower seed= or the prompts file's seed")
             jobs.append(ImageJob(index, spec.prompt, seed, spec.negative_prompt or negative_prompt))
     return jobs
 

@@ -111,3 +111,41 @@ def test_a_stopped_run_says_interrupted_and_keeps_its_images(signum, status_code
     record = _strict((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "interrupted" and record["error"].startswith("interrupted by SIG")
     assert record["images"] and all((tmp_path / "run" / i["file"]).is_file() for i in record["images"])
+
+
+# ---- prompts files --------------------------------------------------------------------------------------
+
+def test_prompts_file_bytes_and_seeds(tmp_path):
+    from diffgentor.errors import ConfigError
+    from diffgentor.prompts import image_jobs, read_prompts_file
+
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffa red square on a green background\n".encode("utf-8"))
+    assert read_prompts_file(str(bom))[0].prompt == "a red square on a green background"
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        read_prompts_file(str(latin1))
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x00\x01\x02PNG")
+    with pytest.raises(ConfigError, match="NUL bytes"):
+        read_prompts_file(str(binary))
+    big = tmp_path / "big.jsonl"
+    big.write_text(json.dumps({"prompt": "a star", "seed": 2**70}) + "\n")
+    with pytest.raises(ConfigError, match=r"seeds are 0 <= seed < 2\*\*64"):
+        image_jobs(read_prompts_file(str(big)), 1, 0, None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(st.binary(max_size=2000), st.text(max_size=2000).map(lambda t: t.encode("utf-8"))),
+       suffix=st.sampled_from([".txt", ".jsonl", ".csv"]))
+def test_any_prompts_file_reads_or_is_refused_in_words(tmp_path, content, suffix):
+    from diffgentor.errors import ConfigError
+    from diffgentor.prompts import image_jobs, read_prompts_file
+
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(content)
+    try:
+        image_jobs(read_prompts_file(str(path)), 1, 0, None)
+    except ConfigError as exc:
+        assert str(exc) and "\n" not in str(exc)

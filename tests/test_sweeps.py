@@ -159,14 +159,14 @@ def test_failing_jobs_do_not_stop_the_sweep_and_exit_non_zero(tmp_path, testbed_
     records = _records(sweep_dir)
     assert len(records) == 4
     statuses = {str(int(name.split("-")[0])): r["status"] for name, r in records.items()}
-    assert statuses == {"0": "ok", "1": "failed", "2": "failed", "3": "failed"}
+    assert statuses == {"0": "ok", "1": "refused", "2": "failed", "3": "refused"}  # batch_size=0: before load
     errors = {str(int(name.split("-")[0])): r.get("error", "") for name, r in records.items()}
-    assert errors["1"].startswith("ConfigError: batch_size=0") and errors["3"].startswith("ConfigError: batch_size")
+    assert errors["1"].startswith("InvalidConfigError: batch_size=0") and errors["3"].startswith("InvalidConfigError: batch_size")
     assert errors["2"].startswith("ValueError: `max_sequence_length` cannot be greater than 512")
     assert "Traceback" in result.stdout + result.stderr  # an unexpected error shows where it came from
 
     rows = _summary(sweep_dir)["rows"]
-    assert [r["status"] for r in rows] == ["ok", "failed", "failed", "failed"]
+    assert [r["status"] for r in rows] == ["ok", "refused", "failed", "refused"]
     assert rows[2]["error"] == errors["2"] and rows[0]["speedup"] == 1.0
     md = (sweep_dir / SUMMARY_MD).read_text()
     assert "## Failed jobs" in md and "ValueError: `max_sequence_length`" in md
