@@ -26,15 +26,30 @@ def _show_full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+def _user_message(exc: BaseException) -> str | None:
+    """The one line a user error prints (None: an unexpected error, shown with its traceback). A file-system
+    error (read-only folder, a file where a folder should be, a full disk) is the user's to fix too."""
+    if isinstance(exc, DiffgentorError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror} (errno {exc.errno}); give an output folder you can write to (hydra.run.dir=...)"
+    return None
+
+
 def _job_failed(exc: Exception, cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
     """In a multirun, no failure stops the sweep: the error is printed (with its traceback unless it is a user
     error), the job's run.json says "failed", and main() exits 1 once the sweep summary is written."""
     from diffgentor.resume import failure_message, record_failure
 
-    if _show_full_errors() or not isinstance(exc, DiffgentorError):
+    message = _user_message(exc)
+    if _show_full_errors() or message is None:
         log.error("job failed: %s", run_dir, exc_info=exc)
-    print(f"error: {exc if isinstance(exc, DiffgentorError) else failure_message(exc)}", file=sys.stderr)
-    record_failure(run_dir, cfg, overrides, exc)
+    print(f"error: {message or failure_message(exc)}", file=sys.stderr)
+    try:
+        record_failure(run_dir, cfg, overrides, exc)
+    except OSError as write_error:  # the folder itself is what failed: say so, and let the sweep go on
+        print(f"error: could not record the failure in {run_dir}: {write_error.strerror}", file=sys.stderr)
 
 
 def _stopped(exc: BaseException, cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
@@ -84,9 +99,10 @@ def hydra_app(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             _job_failed(exc, cfg, run_dir, overrides)
             return None
-        if not isinstance(exc, DiffgentorError) or _show_full_errors():
+        message = _user_message(exc)
+        if message is None or _show_full_errors():
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     if data is not None:
         images = len(data["images"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
@@ -96,10 +95,10 @@ def hydra_quote(value: str) -> str:
 # --model_name -> model overrides.
 
 def _family_of_folder(folder: Path) -> Optional[str]:
-    index = folder / "model_index.json"
-    if not index.is_file():
-        return None
-    return family_of_pipeline_class(json.loads(index.read_text()).get("_class_name", ""))
+    from diffgentor.pipeline import read_model_index
+
+    class_name = read_model_index(folder)
+    return family_of_pipeline_class(class_name) if class_name else None
 
 
 def _family_of_cached_hub_id(repo_id: str) -> Optional[str]:

@@ -130,6 +130,8 @@ class RunConfig:
     #: Rerunning a sweep into the same folder (hydra.sweep.dir=...): skip each job whose run.json is "ok" for
     #: the same resolved config (hashed without resume, progress, cache_dir, sweep) and has all its images.
     resume: bool = False
+    #: Replace the results already in the run folder (its run.json and images); without it such a folder is refused.
+    overwrite: bool = False
 
 
 def register_configs() -> None:

@@ -55,11 +55,21 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _read_model_index(folder: Path) -> Optional[str]:
+def read_model_index(folder: Path) -> Optional[str]:
+    """The pipeline class named by folder/model_index.json (None: no such file); a file that is not a JSON
+    object naming its class is a ModelLoadError, not a traceback."""
     index = folder / "model_index.json"
     if not index.is_file():
         return None
-    return json.loads(index.read_text()).get("_class_name")
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{index}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                             "the folder is not a complete diffusers pipeline: save or download it again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
+        raise ModelLoadError(f"{index}: not a diffusers model index (a JSON object with \"_class_name\"); "
+                             "save or download the pipeline again")
+    return data["_class_name"]
 
 
 def _cached_hub_model_index(repo_id: str, revision: Optional[str]) -> Optional[str]:
@@ -70,7 +80,7 @@ def _cached_hub_model_index(repo_id: str, revision: Optional[str]) -> Optional[s
         cached = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
     except Exception:  # noqa: BLE001 - any cache problem just means "unknown before load"
         return None
-    return _read_model_index(Path(cached).parent) if isinstance(cached, str) else None
+    return read_model_index(Path(cached).parent) if isinstance(cached, str) else None
 
 
 def _family_for(class_name: Optional[str], configured: Optional[str], where: str) -> str:
@@ -98,7 +108,7 @@ def resolve_source(model_cfg: Any, cache_dir: str) -> ModelSource:
         path_text = str(model_cfg.path)
         folder = Path(path_text).expanduser()
         if folder.is_dir():
-            class_name = _read_model_index(folder)
+            class_name = read_model_index(folder)
             if class_name is None:
                 raise ModelLoadError(f"model.path={path_text}: no model_index.json there; give a diffusers "
                                      "pipeline folder (one saved with save_pretrained)")
@@ -117,7 +127,7 @@ def resolve_source(model_cfg: Any, cache_dir: str) -> ModelSource:
             folder = materialize(model_cfg.testbed, Path(cache_dir).expanduser())
         except ValueError as exc:
             raise ConfigError(f"model.testbed={model_cfg.testbed}: {exc}") from None
-        class_name = _read_model_index(folder)
+        class_name = read_model_index(folder)
         family = _family_for(class_name, model_cfg.family, f"testbed {model_cfg.testbed}")
         return ModelSource(str(folder), True, family, class_name, f"diffgentor-testbed/{model_cfg.testbed}")
     raise ConfigError(f"model {model_cfg.name}: set model.path (hub id or folder) or model.testbed")

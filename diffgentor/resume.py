@@ -16,7 +16,7 @@ from diffgentor.record import RUN_FILE, write_json_atomic
 
 #: Top-level keys that do not change what a job computes: left out of the hash. (hydra.* is never in a job's
 #: config; `cache_dir` only says where the embedded testbeds are stored; `sweep` only affects the summary.)
-VOLATILE_KEYS = frozenset({"resume", "progress", "progress_steps", "cache_dir", "sweep"})
+VOLATILE_KEYS = frozenset({"resume", "overwrite", "progress", "progress_steps", "cache_dir", "sweep"})
 
 
 def config_hash(config: dict) -> str:
@@ -67,9 +67,11 @@ def record_failure(run_dir: Path, cfg: DictConfig, overrides: list[str], exc: Ba
     """Make sure the job's run.json says "failed" (or "refused", before load) with the error. run.py already
     did when it had started the record; a job stopped before that gets a record here, with its config as far
     as it resolves, and `reasons`: every refusal (RefusedError.reasons) or the one error."""
+    from diffgentor.runfolder import locked_by_another
+
     record = read_record(run_dir)
-    if record is not None and record.get("status") in ENDED_BADLY:
-        return
+    if record is not None and record.get("status") in (*ENDED_BADLY, "ok") or locked_by_another(run_dir):
+        return  # already says how it ended, or is another run's (finished, or being written now)
     if record is None:
         try:
             config: Any = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -7,6 +7,7 @@ rewritten after each batch, so a failure part-way leaves the work done and says 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from diffgentor.pipeline import (call_parameters, check_size, load_pipeline, res
 from diffgentor.prompts import PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, save_image
 from diffgentor.resume import failure_message, record_failure
+from diffgentor.runfolder import own_run_folder
 from diffgentor.signals import interrupt_of
 from diffgentor.threads import torch_threads
 from diffgentor.validate import check_values
@@ -98,8 +100,9 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
                           run_cfg.negative_prompt)
     except DiffgentorError as exc:
         if OmegaConf.select(cfg, "dry_run") is not True:
-            record_failure(run_dir, cfg, overrides, exc, status="refused")
             log.info("refused before load: %s", exc)
+            with contextlib.suppress(OSError):  # an unwritable folder must not hide the refusal itself
+                record_failure(run_dir, cfg, overrides, exc, status="refused")
         raise
     for warning in plan.warnings:
         log.warning(warning)
@@ -107,7 +110,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
              ", ".join(step.name for step in plan.steps) or "no optimizations")
     job_batches = batches(jobs, run_cfg.batch_size)
 
-    with torch_threads(run_cfg.threads) as threads:
+    with own_run_folder(run_dir, run_cfg.resume, run_cfg.overwrite), torch_threads(run_cfg.threads) as threads:
         record = RunRecord(run_dir, {
             "config": config_as_dict(cfg),
             "overrides": list(overrides),

@@ -149,3 +149,68 @@ def test_any_prompts_file_reads_or_is_refused_in_words(tmp_path, content, suffix
         image_jobs(read_prompts_file(str(path)), 1, 0, None)
     except ConfigError as exc:
         assert str(exc) and "\n" not in str(exc)
+
+
+# ---- one writer per run folder --------------------------------------------------------------------------
+
+def test_a_folder_with_results_is_refused_unless_overwrite(tmp_path, make_config):
+    from diffgentor.runfolder import FolderInUseError
+
+    first = execute(make_config(["steps=1"]), tmp_path, [])
+    stale = tmp_path / "images" / "99999_stale.png"
+    stale.write_bytes(b"not ours")
+    with pytest.raises(FolderInUseError, match="already holds a run's results"):
+        execute(make_config(["steps=2"]), tmp_path, [])
+    with pytest.raises(InvalidConfigError):  # a refusal never rewrites the finished record either
+        execute(make_config(["steps=0"]), tmp_path, [])
+    assert _strict((tmp_path / "run.json").read_text())["config"]["steps"] == first["config"]["steps"] == 1
+
+    execute(make_config(["steps=2", "overwrite=true"]), tmp_path, [])
+    record = _strict((tmp_path / "run.json").read_text())
+    assert record["status"] == "ok" and record["config"]["steps"] == 2
+    assert not stale.exists() and sorted(p.name for p in (tmp_path / "images").iterdir()) == \
+        [i["file"].split("/")[-1] for i in record["images"]]
+
+
+def test_resume_never_replaces_a_finished_job_of_another_config(tmp_path, make_config):
+    from diffgentor.runfolder import FolderInUseError
+
+    execute(make_config(["steps=1"]), tmp_path, [])
+    with pytest.raises(FolderInUseError, match="finished run of another config"):
+        execute(make_config(["steps=2", "resume=true"]), tmp_path, [])
+    assert _strict((tmp_path / "run.json").read_text())["config"]["steps"] == 1
+
+
+@pytest.mark.slow
+def test_two_runs_aimed_at_one_folder_at_once(tmp_path, testbed_cache):
+    common = ["benchmark.warmup=0", "progress=false", f"cache_dir={testbed_cache}", "hydra.run.dir=shared"]
+    first = subprocess.Popen([sys.executable, "-m", "diffgentor", "num_images_per_prompt=500", *common],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    images = tmp_path / "shared" / "images"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(images.glob("*.png")):
+        time.sleep(0.2)
+    second = subprocess.run([sys.executable, "-m", "diffgentor", "seed=100", *common], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    first.send_signal(signal.SIGTERM)
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 143, first_err
+    assert second.returncode == 1 and second.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'shared'}: another diffgentor run is writing there now; give this run its own "
+        "folder (hydra.run.dir=...)"], second.stderr
+    record = _strict((tmp_path / "shared" / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["config"]["seed"] == 0
+    assert [i["seed"] for i in record["images"]] == list(range(len(record["images"])))
+    assert sorted(p.name for p in images.iterdir()) == [i["file"].split("/")[-1] for i in record["images"]]
+
+
+def test_an_unwritable_images_folder_is_one_error_line(tmp_path, testbed_cache):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "images").write_text("a file where the images folder goes")
+    result = subprocess.run([sys.executable, "-m", "diffgentor", "steps=1", "progress=false",
+                             f"cache_dir={testbed_cache}", "hydra.run.dir=run"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "images" in line and "hydra.run.dir" in line, line
+    assert _strict((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
