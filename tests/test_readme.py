@@ -5,7 +5,7 @@ folder, in README order, in one process (tests/readme_driver.py) with this sessi
 progress bars added: on the embedded models in full; on hub models, and for sweeps of a whole experiment,
 as a dry run (the config composes, the plan is built and printed, nothing is downloaded). Left out, each for
 its reason: the pip installs (.ci/run does them), the test command itself, and commands with a placeholder
-that only the reader can fill (listed in PLACEHOLDER_COMMANDS). A shell loop's body runs once.
+that only the reader can fill (listed in PLACEHOLDER_COMMANDS). A shell loop's body runs once; a command the README repeats runs once.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def readme_commands() -> list[str]:
             if loop:
                 line = loop.group(1)  # a shell loop: its body, once
             for part in (p.strip() for p in line.split("&&")):
-                if part and not part.startswith(("pip install", "python -m pytest")):
+                if part and not part.startswith(("pip install", "python -m pytest")) and part not in commands:
                     commands.append(part)
     return commands
 
