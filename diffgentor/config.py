@@ -2,17 +2,21 @@
 
 A typo in a group option, a key or a value's type fails when Hydra composes the config, with Hydra's own
 message. Optimizer option schemas are registered from the optimizer registry (each optimizer module owns
-its settings dataclass), as `<group>/base_<name>`, which conf/<group>/<option>.yaml files extend.
+its settings dataclass), as `schema/<group>/<name>`, which conf/<group>/<option>.yaml files extend with
+`- /schema/<group>/<name>@_here_`: kept out of the groups themselves, so that no schema is offered as an
+option (`+cache=<schema>` would skip the option file and its DG_* variables). `--help` lists the groups of
+conf/ only (the `dg.option_groups` resolver in conf/config.yaml's help template).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from diffgentor.envvars import register_resolvers
 
@@ -143,8 +147,26 @@ def register_configs() -> None:
     register_job_dir_resolver()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="precision", name="base_precision", node=PrecisionConfig)
+    cs.store(group=f"{SCHEMA_GROUP}/model", name="model", node=ModelConfig)
+    cs.store(group=f"{SCHEMA_GROUP}/precision", name="precision", node=PrecisionConfig)
     for name, optimizer in load_all().items():
         if optimizer.config_group and optimizer.Settings is not None:
-            cs.store(group=optimizer.config_group, name=f"base_{name}", node=optimizer.Settings)
+            cs.store(group=f"{SCHEMA_GROUP}/{optimizer.config_group}", name=name, node=optimizer.Settings)
+    if not OmegaConf.has_resolver("dg.option_groups"):
+        OmegaConf.register_new_resolver("dg.option_groups", option_groups)
+
+
+#: Config-store group holding the schemas behind conf/'s option files (not options themselves).
+SCHEMA_GROUP = "schema"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def option_groups() -> str:
+    """`group: option, ...` for every option folder of conf/, as --help lists them (schemas left out)."""
+    lines = []
+    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir() and p.parent != CONFIG_DIR / "hydra"):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        group = folder.relative_to(CONFIG_DIR).as_posix()
+        if options and not group.startswith("hydra"):
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
