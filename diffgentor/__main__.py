@@ -12,11 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from diffgentor.config import register_configs
-from diffgentor.errors import DiffgentorError
+from diffgentor.config import CONFIG_DIR, register_configs
+from diffgentor.errors import user_message
 from diffgentor.signals import Terminated, interrupt_of, sigterm_raises
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("diffgentor")
 
 register_configs()
@@ -26,26 +25,20 @@ def _show_full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def _user_message(exc: BaseException) -> str | None:
-    """The one line a user error prints (None: an unexpected error, shown with its traceback). A file-system
-    error (read-only folder, a file where a folder should be, a full disk) is the user's to fix too."""
-    if isinstance(exc, DiffgentorError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror} (errno {exc.errno}); give an output folder you can write to (hydra.run.dir=...)"
-    return None
-
-
 def _job_failed(exc: Exception, cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
     """In a multirun, no failure stops the sweep: the error is printed (with its traceback unless it is a user
     error), the job's run.json says "failed", and main() exits 1 once the sweep summary is written."""
     from diffgentor.resume import failure_message, record_failure
 
-    message = _user_message(exc)
+    from diffgentor.callbacks import note_sweep_problem
+
+    message = user_message(exc)
     if _show_full_errors() or message is None:
         log.error("job failed: %s", run_dir, exc_info=exc)
     print(f"error: {message or failure_message(exc)}", file=sys.stderr)
+    if cfg.get("dry_run") is True:  # a dry run writes no record; its exit code says a job was refused
+        note_sweep_problem(f"dry run: job {run_dir.name} was refused (see above)")
+        return
     try:
         record_failure(run_dir, cfg, overrides, exc)
     except OSError as write_error:  # the folder itself is what failed: say so, and let the sweep go on
@@ -78,7 +71,7 @@ def _skip_if_done(cfg: DictConfig, run_dir: Path) -> bool:
     return True
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_app(cfg: DictConfig) -> None:
     """Run one job; a user error is one line on stderr and a non-zero exit; in a multirun, see _job_failed."""
     from diffgentor.console import route_library_logs
@@ -99,7 +92,7 @@ def hydra_app(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             _job_failed(exc, cfg, run_dir, overrides)
             return None
-        message = _user_message(exc)
+        message = user_message(exc)
         if message is None or _show_full_errors():
             raise
         print(f"error: {message}", file=sys.stderr)

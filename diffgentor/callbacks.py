@@ -1,5 +1,7 @@
 """Hydra callbacks (registered under hydra.callbacks in conf/config.yaml).
 
+OutputFolderCheck refuses an output folder that cannot be used before Hydra writes into it.
+
 SweepSummary writes the sweep's summary when a multirun ends (diffgentor/sweep.py does the work) and keeps
 the outcome, so that `python -m diffgentor -m ...` can exit non-zero afterwards when a job failed: Hydra turns
 an exception raised in a callback into a warning, and its multirun returns normally, so the exit code is set
@@ -32,6 +34,12 @@ class SweepOutcome:
 _outcome: Optional[SweepOutcome] = None
 
 
+def note_sweep_problem(problem: str) -> None:
+    """A reason for the running multirun to exit 1 (a job refused in a dry run, which leaves no record)."""
+    if _outcome is not None:
+        _outcome.problems.append(problem)
+
+
 def take_sweep_exit_code() -> int:
     """1 when the multirun that just ended had a failed job or no summary (the reasons go to stderr), else 0;
     0 too when no multirun ran. Resets, so each multirun in a process is judged once."""
@@ -42,6 +50,34 @@ def take_sweep_exit_code() -> int:
     for problem in outcome.problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1
+
+
+class OutputFolderCheck(Callback):
+    """Refuse, before Hydra creates the run folder and writes its .hydra/ record there, a folder that cannot
+    be written (a file in the way, a read-only file system) or that is another run's (locked, or holding
+    results without resume / overwrite): one `error:` line and exit 1, instead of Hydra's traceback or a
+    second run's record over the first's. Hydra's `now` resolver caches its value in the config, so the
+    folder checked is the folder the run gets."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from diffgentor.runfolder import refusal_before_start
+
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        refusal = refusal_before_start(run_dir, bool(OmegaConf.select(config, "resume")),
+                                       bool(OmegaConf.select(config, "overwrite")))
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            sys.exit(1)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from diffgentor.runfolder import unwritable_reason
+
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        unwritable = unwritable_reason(sweep_dir)
+        if unwritable:
+            print(f"error: hydra.sweep.dir={sweep_dir}: {unwritable}; give a sweep folder you can write to",
+                  file=sys.stderr)
+            sys.exit(1)
 
 
 class SweepSummary(Callback):

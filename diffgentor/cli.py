@@ -21,11 +21,11 @@ from typing import Callable, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from diffgentor.config import CONFIG_DIR
 from diffgentor.envvars import DOCUMENTED_VARIABLES
-from diffgentor.errors import ConfigError, DiffgentorError
+from diffgentor.errors import ConfigError, DiffgentorError, user_message
 from diffgentor.families import FAMILIES, family_of_pipeline_class
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SUPPORTED_BACKENDS = ("diffusers",)
 #: --torch_dtype value -> conf/precision option (torch's names as in the seed, and our short ones).
 TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32",
@@ -45,7 +45,7 @@ class CliError(ConfigError):
 
 def group_options(group: str) -> list[str]:
     """The options of a config group (conf/<group>/*.yaml): sorted, `_private` ones then `none` last."""
-    names = [p.stem for p in (CONF_DIR / group).glob("*.yaml")]
+    names = [p.stem for p in (CONFIG_DIR / group).glob("*.yaml")]
     return sorted(names, key=lambda n: (n == "none", n.startswith("_"), n))
 
 
@@ -57,17 +57,17 @@ def _raw_yaml(path: Path) -> dict:
 def compile_modes() -> list[str]:
     """conf/compile options that fix a torch.compile mode (the option is named after its mode)."""
     return [name for name in group_options("compile")
-            if _raw_yaml(CONF_DIR / "compile" / f"{name}.yaml").get("mode") == name]
+            if _raw_yaml(CONFIG_DIR / "compile" / f"{name}.yaml").get("mode") == name]
 
 
 def model_entries() -> dict[str, dict]:
     """conf/model entries by name, raw (name, path, testbed, family, ...)."""
-    return {p.stem: _raw_yaml(p) for p in sorted((CONF_DIR / "model").glob("*.yaml"))}
+    return {p.stem: _raw_yaml(p) for p in sorted((CONFIG_DIR / "model").glob("*.yaml"))}
 
 
 def _root_default(key: str) -> str:
     """A key's default in conf/config.yaml for --help (interpolations read as the model's value)."""
-    root = OmegaConf.load(CONF_DIR / "config.yaml")
+    root = OmegaConf.load(CONFIG_DIR / "config.yaml")
     if key == "model":
         for item in root.get("defaults", []):
             if isinstance(item, dict) or OmegaConf.is_dict(item):
@@ -497,10 +497,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     handler: Callable = args.handler
     try:
         handler(args, passthrough)
-    except DiffgentorError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (DiffgentorError, OSError) as exc:
+        message = user_message(exc)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 
 

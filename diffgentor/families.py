@@ -16,16 +16,34 @@ class Family:
     denoiser: str
     #: diffusers pipeline class names that belong to this family.
     pipeline_classes: tuple[str, ...]
+    #: How the latent grid is cut into tokens, which multiplies the VAE's downscale in the size heights and
+    #: widths must be multiples of: "packed" (2x2 latent patches, FLUX, QwenImage), "patch" (the
+    #: transformer's patch_size, SD3, PixArt, Sana) or "none" (UNets).
+    tokens: str = "none"
+    #: The VAE downscale and the transformer patch size when the model's own configs cannot be read before
+    #: load (a hub id not yet downloaded): those of the family's released models.
+    vae_factor: int = 8
+    patch_size: int = 1
+
+    def size_factor(self, vae_factor: int | None = None, patch_size: int | None = None) -> int:
+        """Height and width must be multiples of this (what the family's diffusers pipeline checks)."""
+        factor = vae_factor or self.vae_factor
+        if self.tokens == "packed":
+            return factor * 2
+        if self.tokens == "patch":
+            return factor * (patch_size or self.patch_size)
+        return factor
 
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("flux", "transformer", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")),
-        Family("sd3", "transformer", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")),
-        Family("pixart", "transformer", ("PixArtAlphaPipeline", "PixArtSigmaPipeline")),
-        Family("sana", "transformer", ("SanaPipeline", "SanaSprintPipeline")),
-        Family("qwenimage", "transformer", ("QwenImagePipeline",)),
+        Family("flux", "transformer", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"), "packed"),
+        Family("sd3", "transformer", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"), "patch",
+               patch_size=2),
+        Family("pixart", "transformer", ("PixArtAlphaPipeline", "PixArtSigmaPipeline"), "patch", patch_size=2),
+        Family("sana", "transformer", ("SanaPipeline", "SanaSprintPipeline"), "patch", vae_factor=32),
+        Family("qwenimage", "transformer", ("QwenImagePipeline",), "packed"),
         Family("sd", "unet", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")),
         Family("sdxl", "unet", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")),
     )

@@ -169,24 +169,57 @@ def load_pipeline(source: ModelSource, model_cfg: Any, dtype: torch.dtype) -> An
     return pipe
 
 
-def size_factor(pipe: Any) -> int:
-    """Height and width must be multiples of this: the VAE downscale, times 2 where latents are packed
-    into 2x2 patches (Flux), times the DiT patch size (SD3, PixArt)."""
-    factor = int(getattr(pipe, "vae_scale_factor", 8))
-    denoiser = getattr(pipe, "transformer", None)
+def vae_factor_of(vae_config: dict) -> Optional[int]:
+    """The VAE's spatial downscale from its config, as diffusers' pipelines compute vae_scale_factor."""
+    if isinstance(vae_config.get("temperal_downsample"), list):  # QwenImage's VAE (diffusers' spelling)
+        return 2 ** len(vae_config["temperal_downsample"])
+    for key in ("encoder_block_out_channels", "block_out_channels"):  # AutoencoderDC (Sana), AutoencoderKL
+        channels = vae_config.get(key)
+        if isinstance(channels, list) and channels:
+            return 2 ** (len(channels) - 1)
+    return None
+
+
+def _component_config(folder: Path, component: str) -> dict:
+    try:
+        data = json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # unreadable here: the family's defaults stand in, and load says what is wrong
+    return data if isinstance(data, dict) else {}
+
+
+def planned_size_factor(source: ModelSource) -> int:
+    """The size factor known before load: from the folder's VAE and denoiser configs when it is local,
+    else the family's (its released models' VAE and patch size)."""
+    family = FAMILIES[source.family]
+    if not source.is_local:
+        return family.size_factor()
+    folder = Path(source.location)
+    patch = _component_config(folder, family.denoiser).get("patch_size")
+    return family.size_factor(vae_factor_of(_component_config(folder, "vae")),
+                              patch if isinstance(patch, int) and patch > 0 else None)
+
+
+def loaded_size_factor(pipe: Any, family: str) -> int:
+    """The same factor from the loaded pipeline (what its own input checks use)."""
+    denoiser = getattr(pipe, FAMILIES[family].denoiser, None)
     patch = getattr(getattr(denoiser, "config", None), "patch_size", None)
-    if type(pipe).__name__.startswith("Flux"):
-        return factor * 2
-    if isinstance(patch, int) and patch > 1:
-        return factor * patch
-    return factor
+    vae_factor = getattr(pipe, "vae_scale_factor", None)
+    return FAMILIES[family].size_factor(vae_factor if isinstance(vae_factor, int) else None,
+                                        patch if isinstance(patch, int) and patch > 0 else None)
 
 
-def check_size(pipe: Any, height: int, width: int) -> None:
-    factor = size_factor(pipe)
+def size_problem(factor: int, height: int, width: int) -> Optional[str]:
+    """The refusal for a size that is not a multiple of `factor` (None: the size fits)."""
     bad = [f"{name}={value}" for name, value in (("height", height), ("width", width)) if value % factor]
-    if bad or height <= 0 or width <= 0:
-        raise ConfigError(
-            f"{', '.join(bad) or 'size'}: this pipeline needs height and width that are positive multiples of "
-            f"{factor}; e.g. height={max(factor, height - height % factor)} width={max(factor, width - width % factor)}"
-        )
+    if not bad:
+        return None
+    return (f"{', '.join(bad)}: this pipeline needs height and width that are multiples of {factor}; e.g. "
+            f"height={max(factor, height - height % factor)} width={max(factor, width - width % factor)}")
+
+
+def check_size(pipe: Any, family: str, height: int, width: int) -> None:
+    """After load, in case the loaded pipeline disagrees with its configs as read before load."""
+    problem = size_problem(loaded_size_factor(pipe, family), height, width)
+    if problem:
+        raise ConfigError(problem)

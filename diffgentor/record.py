@@ -3,6 +3,7 @@ the environment it ran in, and images named and tagged so they can be traced bac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,9 +15,11 @@ import tempfile
 import unicodedata
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 from PIL import Image, PngImagePlugin
+
+from diffgentor.errors import NO_SPACE, DiffgentorError
 
 RUN_FILE = "run.json"
 IMAGES_DIR = "images"
@@ -34,22 +37,40 @@ def finite_only(data: Any) -> Any:
     return data
 
 
-def write_json_atomic(path: Path, data: Any, strict: bool = False) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file. `strict`:
-    non-finite floats become null (run.json); otherwise they are written as JSON's Infinity / NaN tokens,
-    which Python's json reads back (the sweep summary's PSNR of identical images is infinite)."""
-    if strict:
-        data = finite_only(data)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _replaced_atomically(path: Path) -> Iterator[BinaryIO]:
+    """A temp file beside `path`, renamed onto it once written: a reader (or a run killed mid-write, or a
+    full disk) never leaves half a file under the final name. The file gets the mode a plain open() would
+    give (0o666 less the umask), like the images, not mkstemp's 0o600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str, allow_nan=not strict)
-            handle.write("\n")
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # PIL and json name no file: say which one could not be written
         raise
+
+
+def write_json_atomic(path: Path, data: Any, strict: bool = False) -> None:
+    """Write JSON atomically (see _replaced_atomically). `strict`: non-finite floats become null (run.json);
+    otherwise they are written as JSON's Infinity / NaN tokens, which Python's json reads back (the sweep
+    summary's PSNR of identical images is infinite)."""
+    if strict:
+        data = finite_only(data)
+    text = json.dumps(data, indent=2, default=str, allow_nan=not strict) + "\n"
+    with _replaced_atomically(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def slugify(prompt: str) -> str:
@@ -64,15 +85,17 @@ def image_filename(index: int, prompt: str) -> str:
 
 
 def save_image(image: Image.Image, images_dir: Path, index: int, prompt: str, seed: int, model_id: str) -> str:
-    """Save one PNG with prompt, seed and model id as text chunks; returns the path relative to the run."""
-    images_dir.mkdir(parents=True, exist_ok=True)
+    """Save one PNG (atomically) with prompt, seed and model id as text chunks; returns the path relative to
+    the run. The images folder is made here, but never the run folder above it (gone: an error, not a new one)."""
+    images_dir.mkdir(exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_itxt("prompt", prompt)
     info.add_text("seed", str(seed))
     info.add_itxt("model", model_id)
     info.add_text("software", "diffgentor")
     name = image_filename(index, prompt)
-    image.save(images_dir / name, pnginfo=info)
+    with _replaced_atomically(images_dir / name) as handle:
+        image.save(handle, format="PNG", pnginfo=info)
     return f"{IMAGES_DIR}/{name}"
 
 
@@ -127,17 +150,59 @@ def environment(device: str) -> dict:
     }
 
 
-class RunRecord:
-    """run.json for one run, rewritten atomically at each milestone so a crash leaves a readable record."""
+RESERVE_FILE = ".diffgentor.reserve"
 
-    def __init__(self, run_dir: Path, data: dict):
+
+def record_size_bound(prompts: list[str]) -> int:
+    """Bytes that run.json may need at most for these images: what the run reserves on disk. 64 KiB for the
+    rest of the record (config, environment, evidence: ~10 KiB measured), and per image its entry (~200
+    bytes) with the prompt escaped as JSON at worst (6 bytes per UTF-8 byte)."""
+    return 64 * 1024 + sum(256 + 6 * len(prompt.encode("utf-8")) for prompt in prompts)
+
+
+class RunFolderGoneError(DiffgentorError):
+    """The run folder was removed while the run wrote into it."""
+
+
+class RunRecord:
+    """run.json for one run, rewritten atomically at each milestone so a crash leaves a readable record.
+
+    `reserve_bytes`: disk space held (a file of zeros beside run.json) from the start, and released only to
+    write the final record: on a disk that fills up mid-run, the run still ends with a record saying
+    "failed: No space left on device" and listing every image that was fully written."""
+
+    def __init__(self, run_dir: Path, data: dict, reserve_bytes: int = 0):
         self.path = run_dir / RUN_FILE
+        self.reserve = run_dir / RESERVE_FILE
         self.data = {"status": "running", **data}
         self.data.setdefault("images", [])
         self.data.setdefault("optimizations", [])
+        if reserve_bytes:
+            try:
+                self._hold(reserve_bytes)
+            except OSError as exc:  # too little space to even hold the record: say so there if it fits
+                if exc.errno in NO_SPACE:
+                    with contextlib.suppress(OSError):
+                        self.finish("failed", error=f"OSError: {exc.strerror}: could not reserve "
+                                                    f"{reserve_bytes} bytes for this run's record")
+                raise
         self.save()
 
+    def _hold(self, size: int) -> None:
+        fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            self.reserve.unlink(missing_ok=True)
+            exc.filename = exc.filename or str(self.reserve)
+            raise
+        finally:
+            os.close(fd)
+
     def save(self) -> None:
+        if not self.path.parent.is_dir():
+            raise RunFolderGoneError(f"{self.path.parent}: the run folder was removed while the run wrote into "
+                                     "it; nothing more can be recorded there")
         write_json_atomic(self.path, self.data, strict=True)
 
     def update(self, **fields: Any) -> None:
@@ -145,7 +210,17 @@ class RunRecord:
         self.save()
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """The last save; a full disk gets the reserved space back for it."""
         self.data["status"] = status
         if error is not None:
             self.data["error"] = error
-        self.save()
+        try:
+            try:
+                self.save()
+            except OSError as exc:
+                if exc.errno not in NO_SPACE or not self.reserve.exists():
+                    raise
+                self.reserve.unlink()
+                self.save()
+        finally:
+            self.reserve.unlink(missing_ok=True)

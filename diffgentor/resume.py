@@ -28,12 +28,66 @@ def config_hash(config: dict) -> str:
 
 
 def read_record(run_dir: Path) -> Optional[dict]:
-    """The job's run.json, or None when there is none (or it is unreadable: a job killed mid-write of an
-    older, non-atomic record)."""
+    """The job's run.json, or None when there is none or it cannot be used (see load_record)."""
+    return load_record(run_dir)[0]
+
+
+def load_record(run_dir: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(record, None); (None, None) when there is no run.json; (None, why) when it cannot be used: unreadable,
+    not JSON (a job killed mid-write of an old, non-atomic record), or not shaped as run.json is."""
+    path = run_dir / RUN_FILE
     try:
-        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, f"unreadable {RUN_FILE} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    problem = shape_problem(data)
+    return (None, f"unreadable {RUN_FILE} ({problem})") if problem else (data, None)
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _image_problem(image: Any) -> Optional[str]:
+    if not isinstance(image, dict) or not isinstance(image.get("file"), str):
+        return "an images entry without a file name"
+    file = Path(image["file"])
+    if file.is_absolute() or ".." in file.parts:
+        return f"image file {image['file']!r} is outside the run folder"
+    if not isinstance(image.get("prompt", ""), str) or not isinstance(image.get("seed", 0), int):
+        return f"image {image['file']!r} has a prompt or seed of the wrong type"
+    return None
+
+
+def shape_problem(record: Any) -> Optional[str]:
+    """What makes `record` unusable as a run.json for report and resume (None: usable): the fields they read
+    must have the types run.py writes."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    expected = {"status": str, "error": str, "dtype": str, "config": dict, "overrides": list, "images": list,
+                "optimizations": list, "timings": dict, "memory": dict}
+    for key, kind in expected.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return f"{key} is a {type(record[key]).__name__}, not a {kind.__name__}"
+    for image in record.get("images") or []:
+        problem = _image_problem(image)
+        if problem:
+            return problem
+    latency = (record.get("timings") or {}).get("latency_s")
+    if latency is not None and not (isinstance(latency, dict) and _number_or_none(latency.get("median"))):
+        return "timings.latency_s has no numeric median"
+    for key in ("load_s", "optimize_s", "warmup_s"):
+        if not _number_or_none((record.get("timings") or {}).get(key)):
+            return f"timings.{key} is not a number"
+    if not _number_or_none((record.get("memory") or {}).get("peak_bytes")):
+        return "memory.peak_bytes is not a number"
+    for entry in record.get("optimizations") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("evidence", {}), dict) \
+                or not _number_or_none(entry.get("evidence", {}).get("compute_fraction")):
+            return "an optimizations entry is not shaped as diffgentor writes it"
+    return None
 
 
 def completed(run_dir: Path, config: dict) -> Optional[dict]:
@@ -43,7 +97,7 @@ def completed(run_dir: Path, config: dict) -> Optional[dict]:
         return None
     if config_hash(record["config"]) != config_hash(config):
         return None
-    if not all((run_dir / image["file"]).is_file() for image in record.get("images", [])):
+    if not all((run_dir / image["file"]).is_file() for image in record.get("images") or []):
         return None
     return record
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,15 +22,15 @@ from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, peak_memory
 from diffgentor.optimize.plan import Plan, apply_plan, build_plan, collect_evidence, release_plan
-from diffgentor.pipeline import (call_parameters, check_size, load_pipeline, resolve_device, resolve_dtype,
-                                 resolve_source)
-from diffgentor.prompts import PromptSpec, batches, image_jobs, read_prompts_file
-from diffgentor.record import IMAGES_DIR, RunRecord, environment, save_image
+from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor, resolve_device,
+                                 resolve_dtype, resolve_source, size_problem)
+from diffgentor.prompts import ImageJob, PromptSpec, batches, image_jobs, read_prompts_file
+from diffgentor.record import IMAGES_DIR, RunRecord, environment, record_size_bound, save_image
 from diffgentor.resume import failure_message, record_failure
 from diffgentor.runfolder import own_run_folder
 from diffgentor.signals import interrupt_of
 from diffgentor.threads import torch_threads
-from diffgentor.validate import check_values
+from diffgentor.validate import MAX_SIDE_PX, InvalidConfigError, problems
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,46 @@ def prompt_specs(run_cfg: Any) -> list[PromptSpec]:
 PASS_THROUGH_ARGUMENTS = ("max_sequence_length", "true_cfg_scale")
 
 
-def prepare(run_cfg: Any) -> tuple[Any, str, Plan]:
-    """Everything before load: device, model source and family, and the checked optimization plan."""
-    check_values(run_cfg)
-    device = resolve_device(run_cfg.device)
-    source = resolve_source(run_cfg.model, run_cfg.cache_dir)
+@dataclass
+class Prepared:
+    """What a run knows before load."""
+
+    source: ModelSource
+    device: str
+    #: The checked optimization plan; `plan.problems` holds the refusals of values, sizes, prompts and
+    #: pass-through arguments, so that one raise_if_refused() names every refusal at once.
+    plan: Plan
+    jobs: list[ImageJob]
+
+
+def prepare(run_cfg: Any) -> Prepared:
+    """Everything before load: device, model source and family, the plan, the image jobs, and every refusal
+    (raised by plan.raise_if_refused(), after a dry run has printed the plan)."""
+    values = problems(run_cfg)
+    try:
+        device = resolve_device(run_cfg.device)
+        source = resolve_source(run_cfg.model, run_cfg.cache_dir)
+    except DiffgentorError as exc:  # nothing to plan for: the values' problems and this one
+        if not values:
+            raise
+        raise InvalidConfigError([*values, str(exc)]) from exc
     plan = build_plan(run_cfg, source.family)
-    return source, device, plan
+    plan.problems = list(values)
+    if all(1 <= side <= MAX_SIDE_PX for side in (run_cfg.height, run_cfg.width)):
+        size = size_problem(planned_size_factor(source), run_cfg.height, run_cfg.width)
+        plan.problems += [size] if size else []
+    specs: list[PromptSpec] = []
+    try:
+        pass_through_kwargs(run_cfg, source.pipeline_class, call_parameters(source.pipeline_class))
+    except ConfigError as exc:
+        plan.problems.append(str(exc))
+    try:
+        specs = prompt_specs(run_cfg)
+    except ConfigError as exc:
+        plan.problems.append(str(exc))
+    jobs = [] if plan.problems else image_jobs(specs, run_cfg.num_images_per_prompt, run_cfg.seed,
+                                               run_cfg.negative_prompt)
+    return Prepared(source, device, plan, jobs)
 
 
 def pass_through_kwargs(run_cfg: Any, pipeline_class: Optional[str], accepted: Optional[frozenset]) -> dict:
@@ -89,15 +123,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
     with every reason, so a sweep's summary and a later look can tell why."""
     try:
         run_cfg = resolve_config(cfg)
-        source, device, plan = prepare(run_cfg)
+        prepared = prepare(run_cfg)
+        source, device, plan, jobs = prepared.source, prepared.device, prepared.plan, prepared.jobs
         if run_cfg.dry_run:
             print(f"model: {source.model_id} ({source.family}, {source.location})  device: {device}")
             print(plan.describe())
-            return None
         plan.raise_if_refused()
-        pass_through_kwargs(run_cfg, source.pipeline_class, call_parameters(source.pipeline_class))
-        jobs = image_jobs(prompt_specs(run_cfg), run_cfg.num_images_per_prompt, run_cfg.seed,
-                          run_cfg.negative_prompt)
+        if run_cfg.dry_run:
+            return None
     except DiffgentorError as exc:
         if OmegaConf.select(cfg, "dry_run") is not True:
             log.info("refused before load: %s", exc)
@@ -118,7 +151,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
                       "location": source.location},
             "threads": threads,
             "environment": environment(device),
-        })
+        }, reserve_bytes=record_size_bound([job.prompt for job in jobs]))
         try:
             _generate_into(record, run_cfg, source, device, plan, job_batches, run_dir)
         except BaseException as exc:
@@ -141,7 +174,7 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
     pipe.to(device)
     load_s = time.perf_counter() - start
     log.info("loaded %s as %s in %.2f s", type(pipe).__name__, str(dtype).replace("torch.", ""), load_s)
-    check_size(pipe, run_cfg.height, run_cfg.width)
+    check_size(pipe, source.family, run_cfg.height, run_cfg.width)
     passed = pass_through_kwargs(run_cfg, type(pipe).__name__, call_parameters(type(pipe).__name__))
     pipe.set_progress_bar_config(disable=not (run_cfg.progress and run_cfg.progress_steps), leave=False)
 

@@ -51,6 +51,42 @@ def locked_by_another(run_dir: Path) -> bool:
         os.close(handle)
 
 
+def _in_use(run_dir: Path) -> FolderInUseError:
+    return FolderInUseError(f"{run_dir}: another diffgentor run is writing there now; give this run its own "
+                            "folder (hydra.run.dir=...)")
+
+
+def _holds_results(run_dir: Path, status: str) -> FolderInUseError:
+    return FolderInUseError(f"{run_dir} already holds a run's results ({RUN_FILE} status {status}); choose "
+                            "another hydra.run.dir, or overwrite=true to replace them")
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why `folder` cannot be created and written into (None: it can), from its nearest existing ancestor."""
+    probe = folder.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable (a read-only file system, or no permission)"
+    return None
+
+
+def refusal_before_start(run_dir: Path, resume: bool, overwrite: bool) -> str | None:
+    """What own_run_folder would refuse, checked before Hydra writes anything into `run_dir` (its .hydra/
+    record included): a folder that cannot be written, or another run's folder. None: the run may start."""
+    unwritable = unwritable_reason(run_dir)
+    if unwritable:
+        return f"hydra.run.dir={run_dir}: {unwritable}; give an output folder you can write to"
+    if locked_by_another(run_dir):
+        return str(_in_use(run_dir))
+    status = _existing_status(run_dir)
+    if status is not None and not resume and not overwrite:
+        return str(_holds_results(run_dir, status))
+    return None
+
+
 @contextlib.contextmanager
 def own_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]:
     """Hold `run_dir` for this run (see the module docstring); raises FolderInUseError before writing."""
@@ -60,14 +96,11 @@ def own_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[Non
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderInUseError(f"{run_dir}: another diffgentor run is writing there now; give this run its "
-                                   "own folder (hydra.run.dir=...)") from None
+            raise _in_use(run_dir) from None
         status = _existing_status(run_dir)
         if status is not None and not resume:
             if not overwrite:
-                raise FolderInUseError(
-                    f"{run_dir} already holds a run's results ({RUN_FILE} status {status}); choose another "
-                    "hydra.run.dir, or overwrite=true to replace them")
+                raise _holds_results(run_dir, status)
             (run_dir / RUN_FILE).unlink()
             shutil.rmtree(run_dir / IMAGES_DIR, ignore_errors=True)
         elif status == "ok" and resume:

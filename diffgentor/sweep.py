@@ -21,13 +21,13 @@ from typing import Any, Optional
 
 from diffgentor.errors import DiffgentorError, MissingPackageError
 from diffgentor.record import RUN_FILE, write_json_atomic
-from diffgentor.resume import VOLATILE_KEYS, config_hash, read_record
+from diffgentor.resume import VOLATILE_KEYS, config_hash, load_record
 
 SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD = "summary.csv", "summary.json", "summary.md"
 PARETO_PNG, GRID_PNG = "pareto.png", "grid.png"
 #: One row per job, in this order (csv header, json keys, and what summary.md shows a selection of).
 COLUMNS = ("job", "label", "status", "latency_median_s", "speedup", "compute_fraction", "peak_bytes",
-           "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "pareto", "load_s",
+           "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto", "load_s",
            "optimize_s", "warmup_s", "overrides", "error", "folder", "config_hash")
 #: grid.png shows at most this many prompt/seed rows (the first ones of the baseline).
 GRID_MAX_ROWS = 8
@@ -67,16 +67,24 @@ class Job:
 
 def _job_number(folder: Path, fallback: int) -> int:
     """hydra.job.num from the job's .hydra/hydra.yaml; else the folder's leading number; else its order."""
-    hydra_yaml = folder / ".hydra" / "hydra.yaml"
-    if hydra_yaml.is_file():
-        import yaml
-
-        num = (((yaml.safe_load(hydra_yaml.read_text(encoding="utf-8")) or {}).get("hydra") or {})
-               .get("job") or {}).get("num")
-        if isinstance(num, int):
-            return num
-    match = re.match(r"(\d+)_", folder.name)
+    num = _yaml_path(folder / ".hydra" / "hydra.yaml", "hydra", "job", "num")
+    if isinstance(num, int):
+        return num
+    match = re.match(r"(\d+)[-_]", folder.name)
     return int(match.group(1)) if match else fallback
+
+
+def _yaml_path(path: Path, *keys: str) -> Any:
+    """The value at `keys` in a YAML file; None when the file, or any key on the way, is missing or bad."""
+    import yaml
+
+    try:
+        value: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def _override_key(override: str) -> str:
@@ -98,7 +106,9 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
     """Every job folder under `sweep_dir` holding a run.json, by job number, labelled by what varies."""
     jobs = []
     for order, path in enumerate(sorted(sweep_dir.rglob(RUN_FILE))):
-        record = read_record(path.parent) or {"status": "failed", "error": f"unreadable {RUN_FILE}"}
+        record, unreadable = load_record(path.parent)
+        if record is None:  # a corrupt or foreign record is a failed row saying why, never a crash
+            record = {"status": "failed", "error": unreadable or f"unreadable {RUN_FILE}"}
         jobs.append(Job(_job_number(path.parent, order), path.parent, record))
     if not jobs:
         raise SweepError(f"no {RUN_FILE} under {sweep_dir}: give the folder of a sweep "
@@ -169,13 +179,28 @@ def _image_keys(job: Job) -> dict[tuple, Path]:
     return keys
 
 
-def _load_images(paths: list[Path]) -> Any:
+def _pixels(path: Path) -> Any:
+    """The image as an RGB uint8 array, or None when it is missing or not a readable image."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):  # missing, truncated, not an image
+        return None
+
+
+def missing_images(job: Job) -> list[str]:
+    """The job's listed images that are gone or unreadable (its record says they were written)."""
+    return [image["file"] for image in job.record.get("images") or [] if _pixels(job.folder / image["file"]) is None]
+
+
+def _stack(arrays: list) -> Any:
     """uint8 tensor (N, 3, H, W)."""
     import numpy as np
     import torch
-    from PIL import Image
 
-    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -215,12 +240,12 @@ def quality(job: Job, baseline: Job, lpips: Lpips) -> dict:
 
     empty = {"psnr_db": None, "ssim": None, "lpips": None, "identical": None, "quality_pairs": 0}
     ours, theirs = _image_keys(job), _image_keys(baseline)
-    keys = [key for key in theirs if key in ours and ours[key].is_file() and theirs[key].is_file()]
-    if not keys:
+    pairs = [(_pixels(ours[key]), _pixels(theirs[key])) for key in theirs if key in ours]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]  # the rest: counted in images_missing
+    if not pairs or any(a.shape != b.shape for a, b in pairs) or len({a.shape for a, _ in pairs}) > 1:
         return empty
-    preds, target = _load_images([ours[k] for k in keys]), _load_images([theirs[k] for k in keys])
-    if preds.shape != target.shape:
-        return empty
+    preds, target = _stack([a for a, _ in pairs]), _stack([b for _, b in pairs])
+    keys = pairs
     p, t = preds.float() / 255, target.float() / 255
     return {
         "psnr_db": float(peak_signal_noise_ratio(p, t, data_range=1.0)),
@@ -271,6 +296,7 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
             "folder": job.folder.name,
             "config_hash": config_hash(record["config"]) if isinstance(record.get("config"), dict) else None,
         }
+        row["images_missing"] = len(missing_images(job))
         if job.ok and baseline is not None and baseline.ok:
             row.update(quality(job, baseline, lpips))
         else:
@@ -302,11 +328,14 @@ class Summary:
         return [row for row in self.rows if row["status"] != "ok"]
 
     def describe(self) -> str:
-        return (f"{len(self.rows)} jobs, {len(self.failed)} failed; baseline: {self.baseline_note}; "
-                f"wrote {', '.join((SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, PARETO_PNG, GRID_PNG))}")
+        missing = sum(row["images_missing"] for row in self.rows)
+        return (f"{len(self.rows)} jobs, {len(self.failed)} failed"
+                + (f", {missing} listed images missing or unreadable" if missing else "")
+                + f"; baseline: {self.baseline_note}; wrote {', '.join((SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, PARETO_PNG, GRID_PNG))}")
 
     def to_json(self) -> dict:
         return {"sweep_dir": str(self.sweep_dir), "jobs": len(self.rows), "failed": len(self.failed),
+                "images_missing": sum(row["images_missing"] for row in self.rows),
                 "baseline": {"job": self.baseline, "note": self.baseline_note, "error": self.baseline_error},
                 "metrics": {"psnr_db": "torchmetrics peak_signal_noise_ratio, data_range 1, pooled over the "
                                        "images with the same prompt and seed as the baseline's",
@@ -438,7 +467,6 @@ def _write_pareto(path: Path, summary: Summary) -> None:
 def _write_grid(path: Path, summary: Summary, jobs: list[Job]) -> None:
     """Prompts (and seeds) as rows, jobs as columns; a failed job's column says so."""
     from matplotlib.figure import Figure
-    from PIL import Image
 
     keyed = {job.num: _image_keys(job) for job in jobs}
     order = ([summary.baseline] if summary.baseline is not None else []) + [j.num for j in jobs]
@@ -460,11 +488,12 @@ def _write_grid(path: Path, summary: Summary, jobs: list[Job]) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             image = keyed[job.num].get(shown[r]) if shown else None
-            if image is not None and image.is_file():
-                ax.imshow(Image.open(image).convert("RGB"))
+            pixels = _pixels(image) if image is not None else None
+            if pixels is not None:
+                ax.imshow(pixels)
             else:
-                ax.text(0.5, 0.5, "failed" if not job.ok else "no image", ha="center", va="center",
-                        fontsize=8, transform=ax.transAxes)
+                text = "failed" if not job.ok else "missing or\nunreadable" if image is not None else "no image"
+                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, transform=ax.transAxes)
             if c == 0 and shown:
                 prompt, seed, _ = shown[r]
                 ax.set_ylabel(_short(f"{prompt}", 22) + f"\nseed {seed}", fontsize=7)
@@ -477,12 +506,7 @@ def _write_grid(path: Path, summary: Summary, jobs: list[Job]) -> None:
 
 def _baseline_from_sweep_config(sweep_dir: Path) -> Optional[str]:
     """sweep.baseline as the sweep was run with (Hydra saves the sweep's config as multirun.yaml)."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return None
-    import yaml
-
-    value = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("sweep") or {}).get("baseline")
+    value = _yaml_path(sweep_dir / "multirun.yaml", "sweep", "baseline")
     return None if value is None else str(value)
 
 
@@ -503,6 +527,11 @@ def write_report(sweep_dir: Path, baseline: Optional[str] = None) -> Summary:
     lpips = Lpips()
     rows = build_rows(jobs, base, lpips)
     summary = Summary(sweep_dir, rows, base.num if base else None, note, lpips.note, error)
+    for row in rows:
+        if row["images_missing"]:
+            total = len(next(job for job in jobs if job.num == row["job"]).record.get("images") or [])
+            summary.notes.append(f"job {row['job']} ({row['label']}): {row['images_missing']} of {total} images "
+                                 f"missing or unreadable; its quality is over {row['quality_pairs']} image pairs")
     if any(row["memory_kind"] == "process_peak_rss" for row in rows):
         summary.notes.append("peak memory on CPU is the process's peak RSS: jobs of one multirun share a "
                              "process, so it carries over from earlier jobs")

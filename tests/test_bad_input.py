@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -214,3 +215,221 @@ def test_an_unwritable_images_folder_is_one_error_line(tmp_path, testbed_cache):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "images" in line and "hydra.run.dir" in line, line
     assert _strict((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+# ---- refused before load, all at once, and a dry run that says so in its exit code -----------------------
+
+def test_a_size_the_family_cannot_take_is_refused_before_load(tmp_path, make_config, no_load):
+    with pytest.raises(InvalidConfigError, match="height=60: this pipeline needs height and width that are "
+                                                 "multiples of 8; e.g. height=56 width=64"):
+        execute(make_config(["height=60"]), tmp_path, ["height=60"])
+    assert _strict((tmp_path / "run.json").read_text())["status"] == "refused"
+
+
+def test_a_hub_model_size_is_checked_with_its_family_factor_offline(tmp_path, make_config, no_load):
+    """FLUX.1-dev is not on this machine: the factor is the family's (VAE 8 x 2x2 packing = 16)."""
+    with pytest.raises(InvalidConfigError, match="width=1000: .*multiples of 16"):
+        execute(make_config(["model=flux-dev", "width=1000", "dry_run=true"]), tmp_path, [])
+
+
+def test_a_dry_run_lists_values_plan_and_prompts_refusals_then_fails(tmp_path, testbed_cache):
+    result = subprocess.run([sys.executable, "-m", "diffgentor", "dry_run=true", "steps=0", "height=60",
+                             "+attention=flash", "+cache=first_block_cache", "cache.threshold=-1",
+                             "prompts_file=missing.txt", f"cache_dir={testbed_cache}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    refused = [line.strip() for line in result.stdout.splitlines() if "REFUSED" in line]
+    assert len(refused) == 5, result.stdout
+    for needle in ("attention {", "first_block_cache {", "REFUSED: steps=0", "REFUSED: height=60",
+                   "REFUSED: prompts_file=missing.txt"):
+        assert any(needle in line for line in refused), (needle, result.stdout)
+    (error,) = result.stderr.strip().splitlines()
+    assert error.startswith("error: steps=0: must be >= 1") and "cache.threshold=-1" in error, error
+    assert not list(tmp_path.glob("outputs/*/*/run.json"))  # a dry run writes no record
+
+
+# ---- schemas are not options --------------------------------------------------------------------------------
+
+def test_internal_schemas_are_not_options():
+    from hydra.errors import ConfigCompositionException
+
+    from conftest import compose_config
+    from diffgentor.config import option_groups
+
+    groups = dict(line.split(": ", 1) for line in option_groups().splitlines())
+    assert groups["cache"].split(", ") == ["cache_dit", "deep_cache", "faster_cache", "first_block_cache",
+                                           "mag_cache", "none", "pab", "taylor_seer"]
+    assert "schema" not in option_groups() and "base_" not in option_groups()
+    for override in ("+cache=base_pab", "+cache=pab_schema", "model=base_model", "+schema/cache=pab"):
+        with pytest.raises(Exception) as refused:
+            compose_config([override])
+        assert isinstance(refused.value, (ConfigCompositionException, Exception)) and "Traceback" not in str(refused.value)
+    assert compose_config(["+cache=pab"]).cache.spatial_skip_range == 2  # the option still extends its schema
+
+
+def test_help_lists_only_the_options(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "diffgentor", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cache: cache_dit, deep_cache, faster_cache, first_block_cache," in result.stdout
+    assert "base_" not in result.stdout and "schema" not in result.stdout.split("== Config ==")[0]
+
+
+# ---- output folders that cannot be used: refused before Hydra writes there ------------------------------------
+
+def _diffgentor(args: list[str], cwd, testbed_cache, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "diffgentor", *args, "progress=false", f"cache_dir={testbed_cache}"],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_run_folder_under_a_file_is_one_error_line(tmp_path, testbed_cache):
+    (tmp_path / "afile").write_text("not a folder")
+    for args in (["hydra.run.dir=afile/run"], ["-m", "hydra.sweep.dir=afile/sweep", "+cache=none"]):
+        result = _diffgentor(args, tmp_path, testbed_cache)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: hydra.") and f"{tmp_path / 'afile'} is a file, not a folder" in line, line
+
+
+def test_a_finished_run_folder_keeps_its_hydra_record(tmp_path, testbed_cache):
+    """The refusal comes before Hydra writes .hydra/ into the folder, so the first run's record stays whole."""
+    first = _diffgentor(["steps=1", "benchmark.warmup=0", "hydra.run.dir=run"], tmp_path, testbed_cache)
+    assert first.returncode == 0, first.stderr
+    saved = (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    second = _diffgentor(["steps=2", "hydra.run.dir=run"], tmp_path, testbed_cache)
+    assert second.returncode == 1 and "already holds a run's results" in second.stderr, second.stderr
+    assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text() == saved
+
+
+# ---- a read-only and a full disk: small tmpfs mounts in a private mount namespace ----------------------------
+
+def _namespace_prefix() -> list[str] | None:
+    """`unshare` into a private mount namespace (as root, or as a user where user namespaces are allowed),
+    where a test may mount a small tmpfs; None when this machine allows neither."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return None
+    for prefix in (["unshare", "-m"], ["unshare", "-rm"]):
+        probe = subprocess.run([*prefix, "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"],
+                               capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+def _in_tmpfs(command: list[str], mount, size: str, cwd, read_only: bool = False, keep=None):
+    """Run `command` with a fresh tmpfs of `size` on `mount` (read-only if asked); the tmpfs ends with the
+    namespace, so what the test reads afterwards is copied to `keep` first."""
+    quoted = " ".join(shlex.quote(str(part)) for part in command)
+    script = (f"mount -t tmpfs -o size={size} none {mount} && "
+              + (f"mount -o remount,ro {mount} && " if read_only else "")
+              + f"{{ {quoted}; rc=$?; }}; "
+              + (f"cp -a {mount}/. {keep}/; " if keep else "") + "exit $rc")
+    return subprocess.run([*_namespace_prefix(), "sh", "-c", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_read_only_output_folder_is_one_error_line(tmp_path, testbed_cache, monkeypatch):
+    if _namespace_prefix() is None:  # no mount namespace here: the same check, with os.access saying "no"
+        from diffgentor.runfolder import refusal_before_start
+
+        monkeypatch.setattr("os.access", lambda *a, **k: False)
+        assert "is not writable (a read-only file system" in refusal_before_start(tmp_path / "x", False, False)
+        return
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    result = _in_tmpfs([sys.executable, "-m", "diffgentor", "steps=1", "progress=false",
+                        f"cache_dir={testbed_cache}", f"hydra.run.dir={mount}/run"], str(mount), "1m", tmp_path,
+                       read_only=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{mount} is not writable (a read-only file system" in line, line
+
+
+def test_a_full_disk_ends_with_a_record_of_every_whole_image(tmp_path, testbed_cache, monkeypatch, make_config):
+    """A 200 KiB tmpfs fills up after a dozen or so 64x64 images: the run says why in one line, run.json (strict
+    JSON) says "failed" and lists exactly the PNGs on disk, each a whole image; no temp file is left. Where
+    no tmpfs can be mounted, ENOSPC is raised by the PNG writer instead (the record path is the same)."""
+    from PIL import Image
+
+    if _namespace_prefix() is None:
+        calls = {"n": 0}
+        real = Image.Image.save
+
+        def fill_up(self, fp, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise OSError(28, "No space left on device")
+            return real(self, fp, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, "save", fill_up)
+        with pytest.raises(OSError, match="No space left"):
+            execute(make_config(["num_images_per_prompt=6", "steps=1", "benchmark.warmup=0"]), tmp_path / "run", [])
+        run_dir = tmp_path / "run"
+    else:
+        mount, kept = tmp_path / "disk", tmp_path / "kept"
+        mount.mkdir()
+        kept.mkdir()
+        result = _in_tmpfs([sys.executable, "-m", "diffgentor", "num_images_per_prompt=100", "steps=1",
+                            "benchmark.warmup=0", "progress=false", f"cache_dir={testbed_cache}",
+                            f"hydra.run.dir={mount}/run"], mount, "200k", tmp_path, keep=kept)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert "No space left on device (errno 28); free space there" in line, line
+        run_dir = kept / "run"
+    record = _strict((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    on_disk = sorted(p.name for p in (run_dir / "images").iterdir())
+    assert on_disk == [i["file"].split("/")[-1] for i in record["images"]] and on_disk
+    for png in on_disk:
+        Image.open(run_dir / "images" / png).verify()
+    assert not list(run_dir.glob(".*.tmp")) and not list((run_dir / "images").glob(".*"))
+
+
+def test_run_json_has_the_images_file_mode(tmp_path):
+    import os
+
+    from PIL import Image
+
+    from diffgentor.record import RunRecord, save_image
+
+    previous = os.umask(0o027)
+    try:
+        record = RunRecord(tmp_path, {"config": {}}, reserve_bytes=4096)
+        save_image(Image.new("RGB", (8, 8)), tmp_path / "images", 0, "p", 0, "m")
+        record.finish("ok")
+    finally:
+        os.umask(previous)
+    image = next((tmp_path / "images").iterdir())
+    assert (tmp_path / "run.json").stat().st_mode == image.stat().st_mode
+    assert oct(image.stat().st_mode & 0o777) == oct(0o640)
+    assert not (tmp_path / ".diffgentor.reserve").exists()  # the reserved space is given back at the end
+
+
+def test_a_run_folder_removed_mid_run_is_one_error_and_not_recreated(tmp_path, make_config, monkeypatch):
+    import shutil
+
+    from diffgentor.record import RunFolderGoneError
+
+    real, run_dir = run_module.save_image, tmp_path / "run"
+
+    def vanish_before_the_second(image, images_dir, index, *args):
+        if index == 1:
+            shutil.rmtree(run_dir)
+        return real(image, images_dir, index, *args)
+
+    monkeypatch.setattr(run_module, "save_image", vanish_before_the_second)
+    with pytest.raises(RunFolderGoneError, match="the run folder was removed while the run wrote into it"):
+        execute(make_config(["num_images_per_prompt=3", "steps=1", "benchmark.warmup=0"]), run_dir, [])
+    assert not run_dir.exists()
+
+
+def test_a_dry_run_sweep_with_a_refused_job_fails(tmp_path, testbed_cache):
+    result = _diffgentor(["-m", "+cache=none,deep_cache", "dry_run=true", "hydra.sweep.dir=sweep"], tmp_path,
+                         testbed_cache)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors[0].startswith("error: deep_cache: does not apply to 'flux' pipelines"), result.stderr
+    assert errors[-1] == "error: dry run: job 001-cache=deep_cache was refused (see above)", result.stderr
+    assert not list((tmp_path / "sweep").glob("*/run.json"))  # a dry run records nothing

@@ -11,7 +11,7 @@ import importlib.util
 import pytest
 import torch
 
-from diffgentor.errors import ConfigError, UnsupportedError
+from diffgentor.errors import ConfigError, RefusedError, UnsupportedError
 from diffgentor.optimize import apply_optimizations
 from diffgentor.optimize.attention import BACKENDS, AttentionBackend
 from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT
@@ -208,9 +208,12 @@ def test_attention_refused_on_sana(run_config):
     assert "dispatcher" in plan.refused[0].reason
 
 
-def test_unknown_attention_option_is_a_config_error(run_config):
-    with pytest.raises(ConfigError, match="attention=bogus is unknown"):
-        build_plan(run_config(["+attention=native", "attention.name=bogus"]), "flux")
+def test_unknown_attention_option_is_refused_in_the_plan(run_config):
+    plan = build_plan(run_config(["+attention=native", "attention.name=bogus"]), "flux")
+    assert not plan.refused[0].supported and "attention=bogus is unknown" in plan.refused[0].reason
+    assert "-> REFUSED: attention=bogus is unknown" in plan.describe()
+    with pytest.raises(RefusedError, match="attention: attention=bogus is unknown"):
+        plan.raise_if_refused()
 
 
 # ---- memory ----------------------------------------------------------------------------------------------
@@ -328,7 +331,9 @@ def test_apply_refuses_a_refused_plan(load_testbed, run_config):
 def test_dry_run_shows_every_refusal_with_its_reason(tmp_path, testbed_cache):
     result = run_cli(["dry_run=true", "+memory=model_cpu_offload", "+attention=flash", "fuse_qkv=true"],
                      tmp_path, testbed_cache=testbed_cache)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # a dry run is a validity check: refused, so it fails
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "attention:" in errors[0] and "model_cpu_offload:" in errors[0], result.stderr
     refused = [line for line in result.stdout.splitlines() if "REFUSED" in line]
     assert len(refused) == 2
     assert any("attention" in line and "diffgentor[flash]" in line for line in refused)

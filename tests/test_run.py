@@ -128,7 +128,7 @@ def test_failure_midway_keeps_finished_images(tmp_path, make_config, monkeypatch
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
-        (["height=60"], ConfigError, "height=60: this pipeline needs height and width that are positive multiples"),
+        (["height=60"], ConfigError, "height=60: this pipeline needs height and width that are multiples of 8"),
         (["model.path=/no/such/dir"], ModelLoadError, "no such folder"),
         (["prompts_file=/no/such.txt"], ConfigError, "file not found"),
         (["prompt= "], ConfigError, "prompt is empty"),

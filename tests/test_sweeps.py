@@ -105,6 +105,46 @@ def test_report_rebuild_matches_the_sweep(steps_sweep, tmp_path):
     assert (copy / SUMMARY_MD).read_text() == written[SUMMARY_MD].replace(str(sweep_dir), str(copy))
 
 
+def test_report_reads_corrupt_records_and_counts_missing_images(steps_sweep, tmp_path, capsys):
+    """A record that is a list, or has fields of the wrong type, is a failed row saying why; a deleted PNG and
+    a PNG that is not an image are counted and named in the summary, never silently dropped (issue 12)."""
+    from diffgentor import cli
+
+    _, sweep_dir, _ = steps_sweep
+    copy = shutil.copytree(sweep_dir, tmp_path / "sweep")
+    jobs = sorted(p for p in copy.iterdir() if (p / "run.json").is_file())
+    first, second, third = (json.loads((job / "run.json").read_text()) for job in jobs)
+    (jobs[1] / second["images"][0]["file"]).unlink()
+    (jobs[1] / second["images"][1]["file"]).write_bytes(b"not a png")
+    for name, content in (("list", [third]), ("typed", {**third, "timings": "fast"}),
+                          ("escape", {**third, "images": [{"file": "../../etc/passwd", "prompt": "p", "seed": 0}]})):
+        bad = copy / f"00{len(jobs)}-{name}"
+        jobs.append(bad)
+        bad.mkdir()
+        (bad / "run.json").write_text(json.dumps(content))
+    cli.main(["report", str(copy)])  # returns: a report over damaged records is still a report
+    out = capsys.readouterr()
+    rows = {row["folder"]: row for row in _summary(copy)["rows"]}
+    assert rows[jobs[1].name]["images_missing"] == 2 and rows[jobs[1].name]["quality_pairs"] == 0
+    assert rows[jobs[2].name]["images_missing"] == 0 and rows[jobs[2].name]["quality_pairs"] == 2
+    assert rows["003-list"]["error"] == "unreadable run.json (a JSON list, not an object)"
+    assert rows["004-typed"]["error"] == "unreadable run.json (timings is a str, not a dict)"
+    assert "outside the run folder" in rows["005-escape"]["error"]
+    assert all(rows[name]["status"] == "failed" for name in ("003-list", "004-typed", "005-escape"))
+    md = (copy / SUMMARY_MD).read_text()
+    assert "2 of 2 images missing or unreadable; its quality is over 0 image pairs" in md
+    assert "2 listed images missing or unreadable" in out.out
+
+
+def test_resume_and_failure_records_survive_a_record_that_is_a_list(tmp_path, make_config):
+    from diffgentor.resume import completed, record_failure
+
+    (tmp_path / "run.json").write_text("[1, 2]")
+    assert completed(tmp_path, {}) is None
+    record_failure(tmp_path, make_config([]), [], ValueError("boom"))
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+
+
 def test_report_with_another_baseline_and_a_bad_one(steps_sweep, tmp_path):
     _, sweep_dir, _ = steps_sweep
     copy = shutil.copytree(sweep_dir, tmp_path / "sweep")

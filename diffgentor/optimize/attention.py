@@ -125,7 +125,8 @@ class AttentionBackend(Optimizer):
         return BACKENDS[self.option]
 
     def params(self) -> dict:
-        return {"backend": self.backend.diffusers_name}
+        known = BACKENDS.get(self.option)  # an unknown option is refused by check(); the plan still shows it
+        return {"backend": known.diffusers_name if known else self.option}
 
     def tags(self) -> set[str]:
         return {self.name, f"attention:{self.option}"}

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffgentor.errors import DiffgentorError, RefusedError, UnsupportedError
+from diffgentor.errors import DiffgentorError, RefusedError
 from diffgentor.families import FAMILIES
 from diffgentor.optimize.base import OptimizationRecord, Optimizer
 from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
@@ -35,15 +35,23 @@ class Plan:
     family: str
     steps: list[PlanStep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Refusals outside the optimizations (run values, size, prompts), added by run.prepare.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def refused(self) -> list[PlanStep]:
         return [s for s in self.steps if not s.supported]
 
     def raise_if_refused(self) -> None:
-        """One error line naming every refusal, first one first; the dry run prints them one a line."""
-        if self.refused:
-            raise RefusedError([f"{step.name}: {step.reason}" for step in self.refused])
+        """One error naming every refusal, the run's own values first; the dry run prints them one a line.
+        InvalidConfigError when only values are wrong, RefusedError when an optimization is refused."""
+        from diffgentor.validate import InvalidConfigError
+
+        steps = [f"{step.name}: {step.reason}" for step in self.refused]
+        if steps:
+            raise RefusedError([*self.problems, *steps])
+        if self.problems:
+            raise InvalidConfigError(self.problems)
 
     def describe(self) -> str:
         """The ordered plan as printed by the dry run."""
@@ -54,6 +62,7 @@ class Plan:
             status = "supported" if step.supported else f"REFUSED: {step.reason}"
             lines.append(f"  {i}. {step.name} {step.optimizer.params()} -> {status}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
+        lines.extend(f"  REFUSED: {problem}" for problem in self.problems)
         return "\n".join(lines)
 
 
@@ -101,7 +110,7 @@ def build_plan(run_cfg: Any, family: str) -> Plan:
         else:
             try:
                 step.optimizer.check(family)
-            except UnsupportedError as exc:
+            except DiffgentorError as exc:  # unsupported here, or a setting out of range: listed, not raised
                 step.supported, step.reason = False, str(exc)
         plan.steps.append(step)
     _check_conflicts(plan)
