@@ -10,6 +10,7 @@ conf/ only (the `dg.option_groups` resolver in conf/config.yaml's help template)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -158,15 +159,25 @@ def register_configs() -> None:
 
 #: Config-store group holding the schemas behind conf/'s option files (not options themselves).
 SCHEMA_GROUP = "schema"
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _config_dir() -> Path:
+    """conf/ as the installed package carries it (a wheel: diffgentor/conf, with experiments/ inside), else
+    the repository's top-level conf/ beside the package (a checkout, an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if (installed / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONFIG_DIR = _config_dir()
 
 
 def option_groups() -> str:
     """`group: option, ...` for every option folder of conf/, as --help lists them (schemas left out)."""
     lines = []
-    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir() and p.parent != CONFIG_DIR / "hydra"):
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
-        group = folder.relative_to(CONFIG_DIR).as_posix()
-        if options and not group.startswith("hydra"):
+    for folder, _, files in sorted(os.walk(CONFIG_DIR, followlinks=True)):  # conf/experiment is a link
+        group = Path(folder).relative_to(CONFIG_DIR).as_posix()
+        options = sorted(Path(f).stem for f in files if f.endswith(".yaml"))
+        if options and group != "." and group.split("/")[0] != "hydra":
             lines.append(f"{group}: {', '.join(options)}")
     return "\n".join(lines)

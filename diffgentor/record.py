@@ -108,6 +108,8 @@ def _version(package: str) -> str | None:
 
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():  # an installed package (site-packages) is no checkout: no commit to name
+        return None
     try:
         out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=True)
