@@ -259,6 +259,7 @@ def test_internal_schemas_are_not_options():
     groups = dict(line.split(": ", 1) for line in option_groups().splitlines())
     assert groups["cache"].split(", ") == ["cache_dit", "deep_cache", "faster_cache", "first_block_cache",
                                            "mag_cache", "none", "pab", "taylor_seer"]
+    assert groups["experiment/seed"] == "balanced, baseline, max_speed"  # conf/experiment is a link: followed
     assert "schema" not in option_groups() and "base_" not in option_groups()
     for override in ("+cache=base_pab", "+cache=pab_schema", "model=base_model", "+schema/cache=pab"):
         with pytest.raises(Exception) as refused:

@@ -377,3 +377,50 @@ def test_missing_compile_component_is_an_error_not_a_skip(load_testbed, run_conf
     pipe = load_testbed("tiny-flux")
     with pytest.raises(UnsupportedError, match="'text_encoder_3' is not a module component of FluxPipeline"):
         apply_optimizations(pipe, run_config(["+compile=default", "compile.components=[text_encoder_3]"]))
+
+
+# ---- compile x cache: what CUDA graphs cannot hold is refused before load (issue 11) ---------------------
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["+compile=reduce-overhead", "+cache=first_block_cache"], True),
+    (["+compile=max-autotune", "+cache=taylor_seer"], True),
+    (["+compile=max-autotune-no-cudagraphs", "+cache=first_block_cache"], False),
+    (["+compile=default", "+cache=pab"], False),
+    (["+compile=regional", "compile.mode=reduce-overhead"], True),
+    (["+compile=regional", "compile.mode=default"], False),
+])
+def test_cuda_graph_modes_are_refused_with_caches_and_regional_compile(overrides, refused, run_config):
+    plan = build_plan(run_config(overrides), "flux")
+    steps = {step.name: step for step in plan.steps}
+    assert steps["compile"].supported is not refused, steps["compile"].reason
+    if refused:
+        assert "use compile.mode=max-autotune-no-cudagraphs" in steps["compile"].reason
+    assert all(step.supported for name, step in steps.items() if name != "compile")
+
+
+def _fake_package(root, module: str, version: str | None, body: str = "") -> None:
+    (root / module).mkdir(parents=True)
+    (root / module / "__init__.py").write_text(body)
+    if version is not None:
+        info = root / f"{module}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
+
+
+@pytest.mark.parametrize("option, packages, needle", [
+    ("flash", [("flash_attn", "2.0.0", "")], "flash-attn>=2.6.3"),  # too old
+    ("flash", [("flash_attn", "2.7.0", "raise ImportError('built for another torch')")], "not usable"),
+    ("flash_3", [("flash_attn_interface", None, "")], "Flash Attention 3 backend '_flash_3' is not usable"),
+    ("sage", [("sageattention", "1.0.0", "")], "sageattention>=2.1.1"),
+])
+def test_attention_packages_are_checked_as_diffusers_checks_them(option, packages, needle, tmp_path,
+                                                                 testbed_cache):
+    """A kernel package that diffusers would refuse after the load (too old, broken, FA3 present only as
+    flash_attn_interface) is refused in the plan, loading nothing. Fake packages on PYTHONPATH."""
+    for module, version, body in packages:
+        _fake_package(tmp_path / "fake", module, version, body)
+    result = run_cli(["dry_run=true", "precision=bf16", f"+attention={option}"], tmp_path,
+                     env={"PYTHONPATH": str(tmp_path / "fake")}, testbed_cache=testbed_cache)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "REFUSED" in line]
+    assert f"attention={option}: diffusers will not run it here:" in line and needle in line, line

@@ -73,6 +73,19 @@ MASKED_FAMILIES = frozenset({"pixart"})
 CPU_OPTIONS = tuple(name for name, b in BACKENDS.items() if not b.needs_cuda)
 
 
+def diffusers_refusal(diffusers_name: str) -> Optional[str]:
+    """diffusers' own requirement check for a backend (package installed, importable, recent enough: what it
+    would refuse after the weights load), run at plan time: it loads no weights. None: diffusers accepts it.
+    Private API, checked against diffusers 0.42.1: models.attention_dispatch._check_attention_backend_requirements."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(diffusers_name))
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
 def _missing_package(option: str, backend: Backend) -> UnsupportedError:
     what = f"attention={option}"
     if backend.extra:
@@ -135,6 +148,10 @@ class AttentionBackend(Optimizer):
         backend, option = self.backend, self.option
         if backend.module and importlib.util.find_spec(backend.module) is None:
             raise _missing_package(option, backend)
+        refusal = diffusers_refusal(backend.diffusers_name)
+        if refusal:
+            hint = f" (pip install 'diffgentor[{backend.extra}]')" if backend.extra else ""
+            raise UnsupportedError(f"attention={option}: diffusers will not run it here: {refusal}{hint}")
         if backend.needs_cuda and not self.device.startswith("cuda"):
             raise UnsupportedError(
                 f"attention={option} runs on CUDA GPUs only and this run is on {self.device}; "

@@ -74,6 +74,17 @@ CONFLICTS: tuple[Conflict, ...] = (
     Conflict("attention:flash", "attention:xformers", "error",
              "two attention kernels for the same layers; pick one +attention option"),
     Conflict("compile", "xdit", "error", "xDiT's parallel runtime is not traceable by torch.compile; drop +compile"),
+    # CUDA graphs replay into the same static buffers on every call; a cache keeps tensors from one denoiser
+    # call for the next (residuals, features, Taylor factors), which the next replay overwrites. Until a GPU
+    # test shows a cache intact under graphs, the pair is refused (on CPU these modes capture no graphs, but
+    # a dry run here must refuse what the GPU would get wrong).
+    Conflict("cache", "compile:cuda_graphs", "error",
+             "a cache keeps tensors across denoiser calls and CUDA graphs overwrite them at each replay; use "
+             "compile.mode=max-autotune-no-cudagraphs (or default) with a cache"),
+    Conflict("compile:regional", "compile:cuda_graphs", "error",
+             "regional compile shares one compiled block between blocks of different weights, which CUDA "
+             "graphs would record once per block (untested on a GPU here); use "
+             "compile.mode=max-autotune-no-cudagraphs (or default) with compile.regional=true"),
     Conflict("cache", "xdit", "warn", "cache hooks under xDiT parallelism are untested per model: check outputs"),
 )
 

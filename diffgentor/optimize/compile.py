@@ -145,6 +145,16 @@ class Compile(Optimizer):
     def select(cls, run_cfg: Any) -> Any:
         return cls.active_group(run_cfg)
 
+    def tags(self) -> set[str]:
+        """"compile:cuda_graphs" for the modes that capture CUDA graphs, "compile:regional" for regional
+        compile (compat.CONFLICTS refuses what cannot combine with them)."""
+        tags = {self.name}
+        if self.settings.mode in CUDA_GRAPH_MODES:
+            tags.add("compile:cuda_graphs")
+        if self.settings.regional:
+            tags.add("compile:regional")
+        return tags
+
     def check(self, family: str) -> None:
         s = self.settings
         if s.mode not in MODES:
