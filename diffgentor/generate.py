@@ -1,17 +1,19 @@
-"""Generation with a timing protocol: warmup excluded, every timed call bracketed by device syncs."""
+"""Generation with a timing protocol: warmup excluded, every timed call bracketed by device syncs (and
+nothing else: the optimizers' instruments run in a separate evidence pass after the timed calls)."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import resource
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from diffgentor.errors import ConfigError
+from diffgentor.errors import ConfigError, UnsupportedError
 from diffgentor.prompts import ImageJob
 
 
@@ -25,6 +27,9 @@ class GenerationSettings:
     warmup: int
     repeats: int
     extra_kwargs: dict = field(default_factory=dict)
+    #: torch.compile is applied: a recompile during the timed calls (after warmup) fails the run, and so does
+    #: hitting dynamo's recompile limit (past it dynamo would run the code eager, silently).
+    compiled: bool = False
 
 
 @dataclass
@@ -32,14 +37,19 @@ class Timings:
     warmup_s: float = 0.0
     call_latencies_s: list[float] = field(default_factory=list)
     images_timed: int = 0
+    #: With torch.compile: graphs and frames dynamo compiled during the timed calls (0 and 0 when clean).
+    compiled_in_timed_calls: Optional[dict] = None
 
     def summary(self, steps: int) -> dict:
         """latency_s is per pipeline call (one batch); images_per_s over all timed calls."""
         lat = self.call_latencies_s
+        compiled = {} if self.compiled_in_timed_calls is None else {"compiled_in_timed_calls": self.compiled_in_timed_calls}
         if not lat:
-            return {"warmup_s": self.warmup_s, "latency_s": None, "images_per_s": None, "s_per_step": None}
+            return {"warmup_s": self.warmup_s, "latency_s": None, "images_per_s": None, "s_per_step": None,
+                    **compiled}
         median = statistics.median(lat)
         return {
+            **compiled,
             "warmup_s": self.warmup_s,
             "latency_s": {"median": median, "min": min(lat), "max": max(lat), "n": len(lat)},
             "images_per_s": self.images_timed / sum(lat),
@@ -101,26 +111,93 @@ def run_batch(pipe: Any, batch: list[ImageJob], settings: GenerationSettings) ->
     return images, time.perf_counter() - start
 
 
+def warmup_batches(batches: list[list[ImageJob]]) -> list[list[ImageJob]]:
+    """The first batch of each batch size: a smaller last batch is another input shape, which a compiled
+    pipeline would otherwise meet (and compile for) inside a timed call."""
+    seen: dict[int, list[ImageJob]] = {}
+    for batch in batches:
+        seen.setdefault(len(batch), batch)
+    return list(seen.values())
+
+
+RECOMPILED = "Detected recompile when torch.compile stance is 'fail_on_recompile'"
+
+
+@contextlib.contextmanager
+def compile_guard(settings: GenerationSettings, timed: bool) -> Iterator[None]:
+    """With torch.compile: the recompile limit is an error, not a silent fall back to eager; in the timed
+    calls (`timed`, after a warmup) any recompile is an error too. Both become one line naming the cause."""
+    if not settings.compiled:
+        yield
+        return
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    stance = (torch.compiler.set_stance("fail_on_recompile") if timed and settings.warmup
+              else contextlib.nullcontext())
+    previous = dynamo_config.fail_on_recompile_limit_hit
+    dynamo_config.fail_on_recompile_limit_hit = True
+    try:
+        with stance:
+            yield
+    except FailOnRecompileLimitHit as exc:
+        raise UnsupportedError(
+            f"compile: dynamo hit its recompile limit ({dynamo_config.recompile_limit}) "
+            f"{'in a timed call' if timed else 'while warming up'}, past which it runs the code uncompiled; "
+            "set TORCH_LOGS=recompiles to see why it recompiles") from exc
+    except Exception as exc:  # noqa: BLE001 - only dynamo's fail_on_recompile error is translated
+        if RECOMPILED not in str(exc):
+            raise
+        where = str(exc).split(RECOMPILED, 1)[1].split("\n")[0].strip(". ")
+        raise UnsupportedError(f"compile: torch.compile recompiled during a timed call ({where}), so its "
+                               "latency would include compiling; set TORCH_LOGS=recompiles to see why") from exc
+    finally:
+        dynamo_config.fail_on_recompile_limit_hit = previous
+
+
 def generate(pipe: Any, batches: list[list[ImageJob]], settings: GenerationSettings,
              on_batch: Callable[[list[ImageJob], list, float], None],
              progress: Optional[Any] = None) -> Timings:
-    """Warm up on the first batch, then run every batch `repeats` times; `on_batch` gets the images of the
+    """Warm up on each batch size, then run every batch `repeats` times; `on_batch` gets the images of the
     last repeat with the median latency of that batch, as soon as they exist (so a later failure keeps them)."""
     timings = Timings()
     if settings.warmup and batches:
         start = time.perf_counter()
-        for _ in range(settings.warmup):
-            run_batch(pipe, batches[0], settings)
+        with compile_guard(settings, timed=False):
+            for _ in range(settings.warmup):
+                for batch in warmup_batches(batches):
+                    run_batch(pipe, batch, settings)
         timings.warmup_s = time.perf_counter() - start
     reset_peak_memory(settings.device)
-    for batch in batches:
-        latencies = []
-        for _ in range(settings.repeats):
-            images, seconds = run_batch(pipe, batch, settings)
-            latencies.append(seconds)
-        timings.call_latencies_s.extend(latencies)
-        timings.images_timed += len(batch) * settings.repeats
-        on_batch(batch, images, statistics.median(latencies))
-        if progress is not None:
-            progress.update(len(batch))
+    before = _compile_counts() if settings.compiled else None
+    with compile_guard(settings, timed=True):
+        for batch in batches:
+            latencies = []
+            for _ in range(settings.repeats):
+                images, seconds = run_batch(pipe, batch, settings)
+                latencies.append(seconds)
+            timings.call_latencies_s.extend(latencies)
+            timings.images_timed += len(batch) * settings.repeats
+            on_batch(batch, images, statistics.median(latencies))
+            if progress is not None:
+                progress.update(len(batch))
+    if before is not None:
+        after = _compile_counts()
+        timings.compiled_in_timed_calls = {key: after[key] - before[key] for key in before}
     return timings
+
+
+def _compile_counts() -> dict:
+    """dynamo's graph and frame counts (read between calls, never inside one)."""
+    from diffgentor.optimize.compile import dynamo_counters
+
+    counts = dynamo_counters()
+    return {"graphs": counts["graphs"], "frames_compiled": counts["frames_compiled"]}
+
+
+def evidence_pass(pipe: Any, batch: list[ImageJob], settings: GenerationSettings) -> tuple[list, float]:
+    """One more, untimed call of the first batch with the optimizers' instruments attached (the caller
+    attaches them). Compiled modules run eager here (`force_eager`): instruments traced into a graph
+    would recompile it, and the compiled graphs stay as the timed calls used them."""
+    with torch.compiler.set_stance("force_eager"):
+        return run_batch(pipe, batch, settings)

@@ -95,8 +95,11 @@ def structure(pipe) -> list:
 
 
 def applied(optimizer, pipe, family: str):
+    """Applied and instrumented at once: these tests read the evidence of the generations they run (a run
+    measures an evidence pass after its timed calls instead)."""
     optimizer.check(family)
     optimizer.apply(pipe)
+    optimizer.instrument(pipe)
     return optimizer
 
 
@@ -367,3 +370,25 @@ def test_cache_and_torch_compile_together(make_config, tmp_path):
     assert evidence["steps_run"] == 4 * evidence["generations"] and 0.0 < evidence["compute_fraction"] < 1.0
     # the compiled generations skip exactly like the first one (the skip decision survives compilation)
     assert len(set(evidence["last_generation_call_fractions"])) > 1
+
+
+def test_the_timed_calls_carry_no_instrument_and_the_evidence_pass_matches_them(make_config, tmp_path,
+                                                                                monkeypatch):
+    """A run with a cache: the compute counter and the timestep reads exist only in the evidence pass after
+    the timed calls, and (no compile, so deterministic) its images equal the timed ones bit for bit."""
+    import diffgentor.optimize.cache.context as context
+    import diffgentor.optimize.cache.counting as counting
+    from diffgentor.run import execute
+
+    reads, wraps = [], []
+    real_read, real_wrap = context._timestep_value, counting.ComputeCounter._wrap
+    monkeypatch.setattr(context, "_timestep_value", lambda *a: reads.append(1) or real_read(*a))
+    monkeypatch.setattr(counting.ComputeCounter, "_wrap", lambda self, *a: wraps.append(1) or real_wrap(self, *a))
+    data = execute(make_config(["+cache=first_block_cache", "steps=8", "benchmark.warmup=1",
+                                "benchmark.repeats=2"]), tmp_path, [])
+    assert data["evidence_pass"]["images_identical_to_timed"] is True
+    evidence = {r["name"]: r for r in data["optimizations"]}["first_block_cache"]["evidence"]
+    assert evidence["measured_in"] == "evidence pass" and evidence["generations"] == 1
+    assert len(reads) == evidence["denoiser_calls"] == 8  # 4 generations ran; only the evidence pass read
+    assert wraps  # the counter was attached, for the evidence pass only
+    assert not [m for m in data["optimizations"] if m["name"] == "first_block_cache"][0]["warnings"]

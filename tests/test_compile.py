@@ -8,6 +8,8 @@ which must not recompile) and regional compile of the tiny-SD UNet's repeated bl
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -92,3 +94,40 @@ def test_regional_compile_tiny_qwenimage(load_testbed, make_config):
     assert "no 4-D (conv) weights" in records["channels_last"]["warnings"][0]  # a DiT: nothing to convert
     assert records["tf32"]["applied"]
     applied.remove(pipe)
+
+
+# ---- compile + cache: nothing measured inside the timed calls, and no recompile there (issue 11) -----------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compile_overrides", [["+compile=default"], ["+compile=regional", "compile.mode=default"]],
+                         ids=["full", "regional"])
+def test_compile_with_a_cache_is_compile_clean_in_the_timed_calls(compile_overrides, make_config, tmp_path):
+    """FirstBlockCache's evidence comes from the evidence pass; the timed calls run under dynamo's
+    fail_on_recompile stance (a recompile would fail the run) and dynamo's counters say 0 new graphs there."""
+    from diffgentor.run import execute
+
+    data = execute(make_config([*compile_overrides, "+cache=first_block_cache", "steps=8", "batch_size=2",
+                                "num_images_per_prompt=3", "benchmark.repeats=2"]), tmp_path, [])
+    assert data["status"] == "ok"
+    assert data["timings"]["compiled_in_timed_calls"] == {"graphs": 0, "frames_compiled": 0}
+    records = {r["name"]: r for r in data["optimizations"]}
+    cache = records["first_block_cache"]["evidence"]
+    assert cache["measured_in"] == "evidence pass" and cache["generations"] == 1 and cache["steps_run"] == 8
+    assert 0 < cache["compute_fraction"] < 1
+    assert records["compile"]["evidence"]["dynamo"]["graphs"] > 0
+    assert data["evidence_pass"]["images"] == 2  # the first batch (a last batch of 1 was warmed up too)
+
+
+@pytest.mark.slow
+def test_a_recompile_in_a_timed_call_fails_the_run_in_one_line(make_config, tmp_path, monkeypatch):
+    """Warm up only the first batch: the smaller last batch is a new shape, compiled inside a timed call."""
+    import diffgentor.generate as generate_module
+    from diffgentor.errors import UnsupportedError
+    from diffgentor.run import execute
+
+    monkeypatch.setattr(generate_module, "warmup_batches", lambda batches: batches[:1])
+    with pytest.raises(UnsupportedError, match="compile: torch.compile recompiled during a timed call") as failed:
+        execute(make_config(["+compile=regional", "compile.mode=default", "steps=2", "batch_size=2",
+                             "num_images_per_prompt=3"]), tmp_path, [])
+    assert "\n" not in str(failed.value)
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"

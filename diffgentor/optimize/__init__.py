@@ -18,6 +18,17 @@ class AppliedOptimizations:
     plan: Any
     records: list
 
+    def instrument(self, pipe: Any) -> None:
+        """Start the evidence pass: generations from here on are measured (not timed)."""
+        from diffgentor.optimize.plan import instrument_plan
+
+        instrument_plan(self.plan, pipe)
+
+    def uninstrument(self, pipe: Any) -> None:
+        from diffgentor.optimize.plan import uninstrument_plan
+
+        uninstrument_plan(self.plan, pipe)
+
     def evidence(self, pipe: Any) -> list[dict]:
         """Measure every optimizer's evidence (after generation); the run.json `optimizations` entries."""
         from diffgentor.optimize.plan import collect_evidence

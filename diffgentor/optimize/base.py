@@ -6,8 +6,9 @@ An optimizer is a small class registered under a unique name (see registry.py). 
 2. `check(family)` raises UnsupportedError / MissingPackageError BEFORE any weights load (packages,
    pipeline-family specifics beyond the table in compat.py).
 3. `apply(pipe)` changes the loaded pipeline in place.
-4. `evidence(pipe)` is called after generation and returns measured facts proving it took effect
-   (counts, flags, fused modules, compile time). It must not be empty.
+4. `instrument(pipe)` / `uninstrument(pipe)` bracket the evidence pass (one more generation after the timed
+   calls) for what can only be measured by wrapping code; `evidence(pipe)` then returns measured facts
+   proving it took effect (counts, flags, fused modules, compile time). It must not be empty.
 5. `remove(pipe)` undoes it where that is possible (needed for in-process sweeps).
 6. `release()` undoes only its process-wide side effects, after every run (run.py), applied or failed.
 """
@@ -65,6 +66,14 @@ class Optimizer:
 
     def apply(self, pipe: Any) -> None:
         raise NotImplementedError
+
+    def instrument(self, pipe: Any) -> None:
+        """Attach what measures this optimizer's effect for the evidence pass, which runs after the timed
+        calls: the timed calls never carry it. Most optimizers need none (their evidence is read from the
+        pipeline or from counters that cost nothing)."""
+
+    def uninstrument(self, pipe: Any) -> None:
+        """Detach what `instrument` attached; what it measured stays readable by `evidence`."""
 
     def evidence(self, pipe: Any) -> dict:
         raise NotImplementedError

@@ -149,6 +149,24 @@ def release_plan(plan: Plan) -> None:
         step.optimizer.release()
 
 
+def needs_evidence_pass(plan: Plan) -> bool:
+    """Whether an optimizer measures its effect by instrumenting a generation of its own (caches do)."""
+    from diffgentor.optimize.base import Optimizer
+
+    return any(type(step.optimizer).instrument is not Optimizer.instrument for step in plan.steps)
+
+
+def instrument_plan(plan: Plan, pipe: Any) -> None:
+    """Attach every optimizer's evidence instruments (the evidence pass follows the timed calls)."""
+    for step in plan.steps:
+        step.optimizer.instrument(pipe)
+
+
+def uninstrument_plan(plan: Plan, pipe: Any) -> None:
+    for step in reversed(plan.steps):
+        step.optimizer.uninstrument(pipe)
+
+
 def collect_evidence(plan: Plan, pipe: Any, records: list[OptimizationRecord]) -> None:
     """Fill each record's measured evidence; an optimizer with nothing to show is an error, not a pass."""
     for step, record in zip(plan.steps, records):

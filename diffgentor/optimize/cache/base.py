@@ -1,9 +1,10 @@
 """What every cache optimizer shares: find the denoiser, measure it, prove the skipping, remove cleanly.
 
 A cache's life: `check` (optional package present? settings valid for this family?) before load; `apply`
-attaches the measurement (DenoiseTracker, ComputeCounter) and then the cache itself (`install`); after the
-run, `evidence` reports what was measured, loudly flagging a run that skipped nothing; `remove` takes the
-cache off, then the measurement, leaving the pipeline as it was.
+attaches the DenoiseTracker (generations, and the cache context some pipelines lack) and then the cache
+itself (`install`); the timed calls run that alone; `instrument` attaches the ComputeCounter for the evidence
+pass after them; `evidence` reports what that pass measured, loudly flagging a run that skipped nothing;
+`remove` takes the measurement and the cache off, leaving the pipeline as it was.
 """
 
 from __future__ import annotations
@@ -89,19 +90,28 @@ class CacheOptimizer(Optimizer):
         self.check_settings(self.family)
         self.tracker = DenoiseTracker(pipe, self.denoiser, supply_context=self.supplies_context())
         self.counter = ComputeCounter(self.denoiser, lambda: self.tracker.generation)
-        # Measurement first: the cache's hooks must wrap the counted layers, not the other way round.
         self.tracker.attach()
-        self.counter.attach()
         try:
             self.install(pipe)
         except BaseException:
-            self.counter.detach()
             self.tracker.detach()
             raise
 
+    def instrument(self, pipe: Any) -> None:
+        """The evidence pass: count the compute the blocks really run. The counter wraps only layers and
+        attention processors, which a cache skips by skipping the block or attention module around them, so
+        it can be attached after the cache, and the timed calls never carry it."""
+        self.counter.attach()
+        self.tracker.measuring = True
+
+    def uninstrument(self, pipe: Any) -> None:
+        self.counter.detach()
+        self.tracker.measuring = False
+
     def evidence(self, pipe: Any) -> dict:
         measured = self.counter.summary()
-        evidence = {"steps_run": self.tracker.steps_run, "generations": self.tracker.generation, **measured}
+        evidence = {"measured_in": "evidence pass", "steps_run": self.tracker.steps_run,
+                    "generations": self.tracker.generations_measured, **measured}
         own = self.cache_evidence(pipe)
         warnings = list(own.pop("warnings", []))
         evidence.update(own)
@@ -122,6 +132,6 @@ class CacheOptimizer(Optimizer):
         return evidence
 
     def remove(self, pipe: Any) -> None:
-        self.uninstall(pipe)
         self.counter.detach()
+        self.uninstall(pipe)
         self.tracker.detach()

@@ -184,7 +184,7 @@ class CacheDit(CacheOptimizer):
         evidence: dict = {"cache_dit_cached_steps": reported, "cache_dit_cfg_cached_steps": reported_cfg,
                           "enable_separate_cfg": separate_cfg, "measured_cached_calls": measured, **self._used,
                           "warnings": [self._capped] if self._capped else []}
-        steps = self.tracker.steps_run // max(self.tracker.generation, 1)
+        steps = self.tracker.steps_run // max(self.tracker.generations_measured, 1)
         if separate_cfg and len(fractions) == steps:
             evidence["warnings"].append(
                 f"cache-dit read the {steps} single denoiser calls of each generation as cond/uncond pairs "

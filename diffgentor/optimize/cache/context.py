@@ -51,6 +51,10 @@ class DenoiseTracker:
         self.denoiser = denoiser
         self.supply_context = supply_context
         self.generation = 0
+        #: Counted only while `measuring` (the evidence pass), so the timed calls read no timestep they
+        #: do not need (a host read per denoiser call on a GPU).
+        self.measuring = False
+        self.generations_measured = 0
         self.steps_run = 0
         self.denoiser_calls = 0
         self.num_inference_steps: Optional[int] = None
@@ -98,6 +102,7 @@ class DenoiseTracker:
 
     def _begin_generation(self, num_inference_steps: Optional[int]) -> None:
         self.generation += 1
+        self.generations_measured += self.measuring
         self.num_inference_steps = num_inference_steps
         self.timestep = None
         self._step_index = -1
@@ -108,12 +113,14 @@ class DenoiseTracker:
     def _before_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if self.generation == 0:  # called outside a pipeline (no set_timesteps seen): one generation
             self._begin_generation(None)
+        if not (self.measuring or self.supply_context or not pipeline_tracks_timestep(self.pipe)):
+            return  # a timed call of a pipeline that keeps its own timestep and cache context: nothing to do
         timestep = _timestep_value(args, kwargs)
         if timestep is None or timestep != self.timestep:
             self._step_index += 1
-            self.steps_run += 1
+            self.steps_run += self.measuring
         self.timestep = timestep
-        self.denoiser_calls += 1
+        self.denoiser_calls += self.measuring
         if self.supply_context:
             self._set_context(self._context_for(kwargs))
 

@@ -1,14 +1,16 @@
 """The proof a cache did something: the denoiser blocks' multiply-accumulates that really ran.
 
-Every Linear and Conv2d of the denoiser, and every attention module, gets its `forward` wrapped so that,
-when it really runs, it adds its multiply-accumulates (MACs) to the block it belongs to: a layer's
+Every Linear and Conv2d of the denoiser gets its `forward` wrapped, and every attention module its
+processor, so that, when it really runs, it adds its multiply-accumulates (MACs) to the block it belongs to: a layer's
 `output elements x MACs per output element`; an attention's core `2 x batch x query length x key length x
 inner dim` (QK^T and AV; on tiny models it outweighs the projections). A skipped block (or a skipped
 attention inside it) never runs them, so whatever skipped it (diffusers hooks, DeepCache's wrappers,
-cache-dit's blocks) its count stays at zero; a batch halved by FasterCache counts half. Wrapping `forward`
-rather than adding a forward hook matters because caches replace the forward of the modules they skip: their
-hook then holds our wrapper as the "original" forward and only real calls count, so the counter must be
-attached before the cache. Nothing is inferred from a cache's own bookkeeping.
+cache-dit's blocks) its count stays at zero; a batch halved by FasterCache counts half. Only layers and
+attention processors are wrapped, never a block or an attention module: those are what caches replace the
+forward of, so a skipped block or attention never reaches what is counted, whichever was attached first.
+That lets the counter be attached for an evidence pass after the timed calls (cache/base.py), which therefore
+carry no wrapper, no guard on a per-block closure under torch.compile, and no Python work per layer.
+Nothing is inferred from a cache's own bookkeeping.
 
 One row per denoiser call. A block's full cost is the most it cost in any call of the same generation with
 the same input shapes (the first step always runs everything): QwenImage runs its classifier-free guidance
@@ -19,6 +21,7 @@ calls.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -95,6 +98,13 @@ def input_shapes(args: tuple, kwargs: dict) -> tuple:
 
 
 @dataclass
+class _ProcessorSlot:
+    """The attention processor a module had before the counter wrapped it."""
+
+    processor: object
+
+
+@dataclass
 class CallRecord:
     generation: int
     #: Shapes of the call's tensor inputs: calls are compared only with calls of the same shapes.
@@ -120,8 +130,8 @@ class ComputeCounter:
         self._wrapped: list[tuple[torch.nn.Module, object]] = []
 
     def _counted(self) -> list[tuple[int, torch.nn.Module, Callable]]:
-        """(slot, module, cost) for every Linear, Conv2d and attention; slot = block index, or len(blocks)
-        for modules outside any block (embedders, final projection)."""
+        """(slot, module, cost) for every Linear, Conv2d and attention (its processor is what gets counted);
+        slot = block index, or len(blocks) for modules outside any block (embedders, final projection)."""
         owner = {}
         for index, (_, block) in enumerate(self.blocks):
             for module in block.modules():
@@ -139,18 +149,43 @@ class ComputeCounter:
         self._handles.append(self.denoiser.register_forward_pre_hook(self._begin_call, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._end_call, always_call=True))
         for slot, module, cost in self._counted():
-            self._wrap(module, slot, cost)
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                self._wrap(module, slot, cost)
+            else:
+                self._wrap_processor(module, slot, cost)
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         for module, previous in reversed(self._wrapped):
-            if previous is None:
+            if isinstance(previous, _ProcessorSlot):
+                module.processor = previous.processor
+            elif previous is None:
                 del module.forward
             else:
                 module.forward = previous
         self._wrapped.clear()
+
+    def _wrap_processor(self, module: torch.nn.Module, slot: int, cost: Callable[[tuple, dict, object], int]) -> None:
+        """Count an attention where it really computes: in its processor. A cache that skips attention (PAB,
+        FasterCache) replaces the attention module's forward, so its processor is not called then."""
+        processor = module.processor
+        original = type(processor).__call__
+
+        # The attention modules read the processor's __call__ signature to decide which keyword arguments
+        # to pass on (FluxAttention drops the rest): keep the processor's own signature.
+        @functools.wraps(original)
+        def call(_: object, attn: torch.nn.Module, *args: object, **kwargs: object) -> object:
+            output = processor(attn, *args, **kwargs)
+            current = self._current
+            if current is not None:
+                current[slot] += cost(args, kwargs, output)
+            return output
+
+        counted = type(f"Counted{type(processor).__name__}", (), {"__call__": call})()
+        self._wrapped.append((module, _ProcessorSlot(processor)))
+        module.processor = counted
 
     def _wrap(self, module: torch.nn.Module, slot: int, cost: Callable[[tuple, dict, object], int]) -> None:
         inner = module.forward
