@@ -8,8 +8,10 @@ Random tiny weights: these ratios measure overhead and kernels on toy shapes, no
 
 GPU mode (--gpu): a full-size FLUX.1-dev-architecture transformer (19 double + 38 single blocks, 24 heads x
 128, random bf16 weights) with small text encoders of the right widths (T5 4096, CLIP pooled 768) and the
-FLUX VAE architecture, 1024x1024, 28 steps: seconds per image for the bf16 baseline, +fuse_qkv, +flash /
-+flash_3 / +sage where installed, +compile (max-autotune-no-cudagraphs), and all combined.
+FLUX VAE architecture, 1024x1024, 28 steps: seconds per image (median [min, max]) for bf16 eager, +fuse_qkv,
++flash / +flash_3 / +sage where installed, +regional compile (max-autotune-no-cudagraphs), +first_block_cache,
+and all combined; each row in its own try, peak memory after warmup, a cache's evidence from an untimed
+evidence pass. benchmarks/gpu.sh is the prepared run for a lent GPU.
 
 Run: python benchmarks/optimizers.py [--rounds 3] [--steps 4] [--no-compile] [--only fuse,attention] [--all]
      python benchmarks/optimizers.py --gpu [--images 3] [--compile-mode max-autotune-no-cudagraphs]
@@ -73,6 +75,8 @@ def brief(evidence: list[dict]) -> str:
             (c,) = e["layers_cast"]
             parts.append(f"{e['layers_cast'][c]} layers fp8, bytes x"
                          f"{e['parameter_bytes_after'][c] / e['parameter_bytes_before'][c]:.2f}")
+        elif e.get("compute_fraction") is not None:  # a cache (measured in the evidence pass)
+            parts.append(f"{name}: compute_fraction {e['compute_fraction']:.3f}")
         elif name in ("vae_slicing", "vae_tiling"):
             parts.append(f"{e['decoder_passes']} passes / {e['decode_calls']} decodes")
     return "; ".join(parts)
@@ -196,57 +200,81 @@ def flux_dev_pipeline(seed: int = 0, device: str = "cuda", **transformer_overrid
 
 
 def gpu_variants(compile_mode: str) -> dict[str, list[str]]:
-    compile_ = ["+compile=enabled", f"compile.mode={compile_mode}"]
-    variants = {"bf16 baseline": [], "+fuse_qkv": ["fuse_qkv=true"]}
+    """The rows of the GPU table: each optimization alone, then all combined."""
+    regional = ["+compile=regional", f"compile.mode={compile_mode}"]
+    variants = {"bf16 eager": [], "+fuse_qkv": ["fuse_qkv=true"]}
     attention = [name for name, module in (("flash_3", "flash_attn_interface"), ("flash", "flash_attn"),
                                            ("sage", "sageattention"))
                  if importlib.util.find_spec(module) is not None]
     for name in attention:
         variants[f"+attention={name}"] = [f"+attention={name}"]
-    variants[f"+compile ({compile_mode})"] = compile_
+    variants[f"+regional compile ({compile_mode})"] = regional
+    variants["+first_block_cache (0.2)"] = ["+cache=first_block_cache"]
     best = [f"+attention={attention[0]}"] if attention else []
-    variants["all combined"] = ["fuse_qkv=true", *best, *compile_]
+    variants["all combined"] = ["fuse_qkv=true", *best, "+cache=first_block_cache", *regional]
     return variants
 
 
 def gpu_benchmark(opts: argparse.Namespace) -> None:
+    """One row per variant, each in its own try (a variant that fails is a row with its error): median
+    s/image over the timed images [min, max], warmup (compile) apart, peak memory after warmup, evidence
+    from an untimed evidence pass where an optimizer needs one."""
     import torch
 
     from diffgentor.optimize import apply_optimizations
+    from diffgentor.optimize.plan import needs_evidence_pass
 
     if not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
     quiet_libraries()
     print(f"FLUX.1-dev architecture (random bf16 weights), 1024x1024, {opts.gpu_steps} steps, "
-          f"{opts.images} timed images after 1 warmup, {torch.cuda.get_device_name()}\n")
-    header = f"{'variant':40s} {'s/image':>8s} {'vs base':>8s} {'warmup s':>9s} {'peak GB':>8s}  evidence"
+          f"{opts.images} timed images after 1 warmup, {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
+    header = (f"{'variant':40s} {'s/image [min, max]':>22s} {'vs base':>8s} {'warmup s':>9s} {'peak GB':>8s}"
+              "  evidence")
     print(header)
     print("-" * len(header))
     base_s = None
     for label, overrides in gpu_variants(opts.compile_mode).items():
-        pipe = flux_dev_pipeline()
-        applied = apply_optimizations(pipe, run_config(["model=flux-dev", "precision=bf16", "device=cuda",
-                                                        *overrides]))
+        pipe = applied = None
+        try:
+            pipe = flux_dev_pipeline()
+            applied = apply_optimizations(pipe, run_config(["model=flux-dev", "precision=bf16", "device=cuda",
+                                                            *overrides]))
 
-        def image_s() -> float:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            pipe(PROMPT, num_inference_steps=opts.gpu_steps, height=1024, width=1024, guidance_scale=3.5,
-                 generator=torch.Generator("cpu").manual_seed(0), output_type="pil")
-            torch.cuda.synchronize()
-            return time.perf_counter() - start
+            def image_s() -> float:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                pipe(PROMPT, num_inference_steps=opts.gpu_steps, height=1024, width=1024, guidance_scale=3.5,
+                     generator=torch.Generator("cpu").manual_seed(0), output_type="pil")
+                torch.cuda.synchronize()
+                return time.perf_counter() - start
 
-        torch.cuda.reset_peak_memory_stats()
-        warmup_s = image_s()
-        seconds = statistics.median(image_s() for _ in range(opts.images))
-        base_s = base_s or seconds
-        peak_gb = torch.cuda.max_memory_allocated() / 2**30
-        print(f"{label:40s} {seconds:8.2f} {base_s / seconds:7.2f}x {warmup_s:9.1f} {peak_gb:8.1f}  "
-              f"{brief(applied.evidence(pipe))}", flush=True)
-        del pipe, applied
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch._dynamo.reset()
+            warmup_s = image_s()
+            torch.cuda.reset_peak_memory_stats()
+            times = [image_s() for _ in range(opts.images)]
+            peak_gb = torch.cuda.max_memory_allocated() / 2**30
+            if needs_evidence_pass(applied.plan):
+                applied.instrument(pipe)
+                with torch.compiler.set_stance("force_eager"):
+                    image_s()
+                applied.uninstrument(pipe)
+            seconds = statistics.median(times)
+            base_s = base_s or seconds
+            spread = f"{seconds:.2f} [{min(times):.2f}, {max(times):.2f}]"
+            print(f"{label:40s} {spread:>22s} {base_s / seconds:7.2f}x {warmup_s:9.1f} {peak_gb:8.1f}  "
+                  f"{brief(applied.evidence(pipe))}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - a failing variant is a row, the table goes on
+            print(f"{label:40s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                  flush=True)
+        finally:
+            if applied is not None:
+                from diffgentor.optimize.plan import release_plan
+
+                release_plan(applied.plan)
+            pipe = applied = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch._dynamo.reset()
 
 
 def main() -> None:

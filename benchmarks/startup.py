@@ -61,7 +61,7 @@ def _arms(args: argparse.Namespace, work: Path) -> dict:
     py = sys.executable
     arms = {
         "bare": (lambda r: [py, str(REPO / "benchmarks" / "bare_diffusers.py"), str(FOLDER),
-                            str(work / f"bare-{r}" / "image.png")], _env(args.threads), f"bare-{{r}}/image.png"),
+                            str(work / f"bare-{r}" / "image.png")], _env(args.threads), "bare-{r}/image.png"),
         "diffgentor": (lambda r: [py, "-m", "diffgentor", "benchmark.warmup=0", "progress=false",
                                   f"hydra.run.dir={work / f'ours-{r}'}"], _env(args.threads),
                        "ours-{r}/images/*.png"),
