@@ -43,7 +43,8 @@ class Timings:
     def summary(self, steps: int) -> dict:
         """latency_s is per pipeline call (one batch); images_per_s over all timed calls."""
         lat = self.call_latencies_s
-        compiled = {} if self.compiled_in_timed_calls is None else {"compiled_in_timed_calls": self.compiled_in_timed_calls}
+        compiled = ({} if self.compiled_in_timed_calls is None
+                    else {"compiled_in_timed_calls": self.compiled_in_timed_calls})
         if not lat:
             return {"warmup_s": self.warmup_s, "latency_s": None, "images_per_s": None, "s_per_step": None,
                     **compiled}

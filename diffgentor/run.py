@@ -24,8 +24,8 @@ from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, evidence_pass, generate, peak_memory
 from diffgentor.optimize.plan import (Plan, apply_plan, build_plan, collect_evidence, instrument_plan,
                                       needs_evidence_pass, release_plan, uninstrument_plan)
-from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor, resolve_device,
-                                 resolve_dtype, resolve_source, size_problem)
+from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor,
+                                 resolve_device, resolve_dtype, resolve_source, size_problem)
 from diffgentor.prompts import ImageJob, PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, record_size_bound, save_image
 from diffgentor.resume import failure_message, record_failure
@@ -42,9 +42,9 @@ def resolve_config(cfg: DictConfig) -> Any:
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
-        cause = exc.__cause__
+        cause = exc.__cause__ or exc.__context__  # OmegaConf re-raises resolver errors inside its own
         while cause is not None and not isinstance(cause, DiffgentorError):
-            cause = cause.__cause__
+            cause = cause.__cause__ or cause.__context__
         if isinstance(cause, DiffgentorError):
             raise ConfigError(str(cause)) from exc
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
@@ -225,7 +225,8 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
     )
 
 
-def _evidence_pass(pipe: Any, plan: Plan, batch: list, settings: GenerationSettings, timed_images: list) -> Optional[dict]:
+def _evidence_pass(pipe: Any, plan: Plan, batch: list, settings: GenerationSettings,
+                   timed_images: list) -> Optional[dict]:
     """After the timed calls, the first batch once more with the optimizers' instruments attached (caches
     count the compute their blocks ran), so that the timed calls carry none. None: nobody needs one."""
     if not needs_evidence_pass(plan):

@@ -27,8 +27,8 @@ SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD = "summary.csv", "summary.json", "summary.
 PARETO_PNG, GRID_PNG = "pareto.png", "grid.png"
 #: One row per job, in this order (csv header, json keys, and what summary.md shows a selection of).
 COLUMNS = ("job", "label", "status", "latency_median_s", "speedup", "compute_fraction", "peak_bytes",
-           "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto", "load_s",
-           "optimize_s", "warmup_s", "overrides", "error", "folder", "config_hash")
+           "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto",
+           "load_s", "optimize_s", "warmup_s", "overrides", "error", "folder", "config_hash")
 #: grid.png shows at most this many prompt/seed rows (the first ones of the baseline).
 GRID_MAX_ROWS = 8
 NA = "n/a"
@@ -331,7 +331,8 @@ class Summary:
         missing = sum(row["images_missing"] for row in self.rows)
         return (f"{len(self.rows)} jobs, {len(self.failed)} failed"
                 + (f", {missing} listed images missing or unreadable" if missing else "")
-                + f"; baseline: {self.baseline_note}; wrote {', '.join((SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, PARETO_PNG, GRID_PNG))}")
+                + f"; baseline: {self.baseline_note}; "
+                f"wrote {', '.join((SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, PARETO_PNG, GRID_PNG))}")
 
     def to_json(self) -> dict:
         return {"sweep_dir": str(self.sweep_dir), "jobs": len(self.rows), "failed": len(self.failed),
