@@ -254,10 +254,8 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
             times = [image_s() for _ in range(opts.images)]
             peak_gb = torch.cuda.max_memory_allocated() / 2**30
             if needs_evidence_pass(applied.plan):
-                applied.instrument(pipe)
-                with torch.compiler.set_stance("force_eager"):
+                with applied.evidence_pass(pipe):
                     image_s()
-                applied.uninstrument(pipe)
             seconds = statistics.median(times)
             base_s = base_s or seconds
             spread = f"{seconds:.2f} [{min(times):.2f}, {max(times):.2f}]"

@@ -195,10 +195,3 @@ def _compile_counts() -> dict:
     counts = dynamo_counters()
     return {"graphs": counts["graphs"], "frames_compiled": counts["frames_compiled"]}
 
-
-def evidence_pass(pipe: Any, batch: list[ImageJob], settings: GenerationSettings) -> tuple[list, float]:
-    """One more, untimed call of the first batch with the optimizers' instruments attached (the caller
-    attaches them). Compiled modules run eager here (`force_eager`): instruments traced into a graph
-    would recompile it, and the compiled graphs stay as the timed calls used them."""
-    with torch.compiler.set_stance("force_eager"):
-        return run_batch(pipe, batch, settings)

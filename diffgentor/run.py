@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
-from diffgentor.generate import GenerationSettings, evidence_pass, generate, peak_memory
-from diffgentor.optimize.plan import (Plan, apply_plan, build_plan, collect_evidence, instrument_plan,
-                                      needs_evidence_pass, release_plan, uninstrument_plan)
+from diffgentor.generate import GenerationSettings, generate, peak_memory, run_batch
+from diffgentor.optimize.plan import (Plan, apply_plan, build_plan, collect_evidence, evidence_pass,
+                                      needs_evidence_pass, release_plan)
 from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor,
                                  resolve_device, resolve_dtype, resolve_source, size_problem)
 from diffgentor.prompts import ImageJob, PromptSpec, batches, image_jobs, read_prompts_file
@@ -231,11 +231,8 @@ def _evidence_pass(pipe: Any, plan: Plan, batch: list, settings: GenerationSetti
     count the compute their blocks ran), so that the timed calls carry none. None: nobody needs one."""
     if not needs_evidence_pass(plan):
         return None
-    instrument_plan(plan, pipe)
-    try:
-        images, seconds = evidence_pass(pipe, batch, settings)
-    finally:
-        uninstrument_plan(plan, pipe)
+    with evidence_pass(plan, pipe):
+        images, seconds = run_batch(pipe, batch, settings)
     identical = len(images) == len(timed_images) and all(
         np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, timed_images))
     return {"what": "the first batch once more, untimed, with the evidence instruments attached; compiled "

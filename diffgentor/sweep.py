@@ -191,9 +191,10 @@ def _pixels(path: Path) -> Any:
         return None
 
 
-def missing_images(job: Job) -> list[str]:
-    """The job's listed images that are gone or unreadable (its record says they were written)."""
-    return [image["file"] for image in job.record.get("images") or [] if _pixels(job.folder / image["file"]) is None]
+def decoded_images(job: Job) -> dict[tuple, Any]:
+    """(prompt, seed, n-th occurrence) -> the job's image as an RGB array, decoded once for the whole
+    summary; None for a listed image that is gone or unreadable (counted as images_missing)."""
+    return {key: _pixels(path) for key, path in _image_keys(job).items()}
 
 
 def _stack(arrays: list) -> Any:
@@ -233,26 +234,25 @@ class Lpips:
         return float(self.metric(preds.float() / 255, target.float() / 255))
 
 
-def quality(job: Job, baseline: Job, lpips: Lpips) -> dict:
-    """PSNR (dB, pooled MSE over all matched images), SSIM and LPIPS (means) against the baseline's images
-    for the same prompt and seed; `identical`: every matched image equal to the baseline's, pixel for pixel."""
+def quality(ours: dict[tuple, Any], theirs: dict[tuple, Any], lpips: Lpips) -> dict:
+    """PSNR (dB, pooled MSE over all matched images), SSIM and LPIPS (means) of a job's images (`ours`, from
+    decoded_images) against the baseline's (`theirs`) for the same prompt and seed; `identical`: every matched
+    image equal to the baseline's, pixel for pixel. Pairs with a missing side are left out (images_missing)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     empty = {"psnr_db": None, "ssim": None, "lpips": None, "identical": None, "quality_pairs": 0}
-    ours, theirs = _image_keys(job), _image_keys(baseline)
-    pairs = [(_pixels(ours[key]), _pixels(theirs[key])) for key in theirs if key in ours]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]  # the rest: counted in images_missing
+    pairs = [(ours[key], theirs[key]) for key in theirs
+             if ours.get(key) is not None and theirs[key] is not None]
     if not pairs or any(a.shape != b.shape for a, b in pairs) or len({a.shape for a, _ in pairs}) > 1:
         return empty
     preds, target = _stack([a for a, _ in pairs]), _stack([b for _, b in pairs])
-    keys = pairs
     p, t = preds.float() / 255, target.float() / 255
     return {
         "psnr_db": float(peak_signal_noise_ratio(p, t, data_range=1.0)),
         "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0)),
         "lpips": lpips(preds, target),
         "identical": bool((preds == target).all()),
-        "quality_pairs": len(keys),
+        "quality_pairs": len(pairs),
     }
 
 
@@ -278,8 +278,10 @@ def pareto_front(points: dict[int, tuple[float, float]]) -> set[int]:
 
 def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[dict]:
     base_latency = baseline.latency_per_image_s() if baseline is not None and baseline.ok else None
+    base_pixels = decoded_images(baseline) if baseline is not None and baseline.ok else None
     rows = []
     for job in jobs:
+        pixels = base_pixels if job is baseline and base_pixels is not None else decoded_images(job)
         record, timings = job.record, job.record.get("timings") or {}
         latency = job.latency_per_image_s()
         row = {
@@ -296,9 +298,9 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
             "folder": job.folder.name,
             "config_hash": config_hash(record["config"]) if isinstance(record.get("config"), dict) else None,
         }
-        row["images_missing"] = len(missing_images(job))
-        if job.ok and baseline is not None and baseline.ok:
-            row.update(quality(job, baseline, lpips))
+        row["images_missing"] = sum(image is None for image in pixels.values())
+        if job.ok and base_pixels is not None:
+            row.update(quality(pixels, base_pixels, lpips))
         else:
             row.update(psnr_db=None, ssim=None, lpips=None, identical=None, quality_pairs=0)
         rows.append({column: row[column] for column in COLUMNS})

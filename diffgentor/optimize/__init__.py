@@ -18,16 +18,11 @@ class AppliedOptimizations:
     plan: Any
     records: list
 
-    def instrument(self, pipe: Any) -> None:
-        """Start the evidence pass: generations from here on are measured (not timed)."""
-        from diffgentor.optimize.plan import instrument_plan
+    def evidence_pass(self, pipe: Any) -> Any:
+        """Context manager: the generations inside are measured, not timed (see plan.evidence_pass)."""
+        from diffgentor.optimize.plan import evidence_pass
 
-        instrument_plan(self.plan, pipe)
-
-    def uninstrument(self, pipe: Any) -> None:
-        from diffgentor.optimize.plan import uninstrument_plan
-
-        uninstrument_plan(self.plan, pipe)
+        return evidence_pass(self.plan, pipe)
 
     def evidence(self, pipe: Any) -> list[dict]:
         """Measure every optimizer's evidence (after generation); the run.json `optimizations` entries."""

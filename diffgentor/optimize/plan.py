@@ -6,9 +6,10 @@ family, conflicting pair, missing package) happens before any weights load, and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from diffgentor.errors import DiffgentorError, RefusedError
 from diffgentor.families import FAMILIES
@@ -156,15 +157,21 @@ def needs_evidence_pass(plan: Plan) -> bool:
     return any(type(step.optimizer).instrument is not Optimizer.instrument for step in plan.steps)
 
 
-def instrument_plan(plan: Plan, pipe: Any) -> None:
-    """Attach every optimizer's evidence instruments (the evidence pass follows the timed calls)."""
-    for step in plan.steps:
-        step.optimizer.instrument(pipe)
+@contextlib.contextmanager
+def evidence_pass(plan: Plan, pipe: Any) -> Iterator[None]:
+    """The evidence pass, after the timed calls: every optimizer's instruments attached, and compiled
+    modules run eager (`force_eager`: instruments traced into a graph would recompile it, and the compiled
+    graphs stay as the timed calls used them). What the instruments measured stays for collect_evidence."""
+    import torch
 
-
-def uninstrument_plan(plan: Plan, pipe: Any) -> None:
-    for step in reversed(plan.steps):
-        step.optimizer.uninstrument(pipe)
+    try:
+        for step in plan.steps:
+            step.optimizer.instrument(pipe)
+        with torch.compiler.set_stance("force_eager"):
+            yield
+    finally:
+        for step in reversed(plan.steps):
+            step.optimizer.uninstrument(pipe)
 
 
 def collect_evidence(plan: Plan, pipe: Any, records: list[OptimizationRecord]) -> None:
