@@ -3,7 +3,7 @@
 `t2i` translates its flags into Hydra override strings and then runs the very same Hydra app as
 `python -m diffgentor OVERRIDES` (sys.argv swapped in), so composition, the DG_* variables (read by the
 YAML through `${dg.env:...}`), run folders, logging and multirun behave identically: no second code path.
-`report` rebuilds a sweep's summary; `support` prints the compatibility matrix from optimize/compat.py.
+`report` rebuilds a sweep's summary; `support` prints the compatibility matrix the optimizers declare.
 """
 
 from __future__ import annotations
@@ -285,16 +285,16 @@ def cmd_report(args: argparse.Namespace, passthrough: Sequence[str]) -> None:
 
 
 def support_table(markdown: bool = False) -> str:
-    """The optimizer x pipeline-family matrix and the conflicting pairs, generated from optimize/compat.py."""
-    from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
-    from diffgentor.optimize.registry import STAGE_OF, load_all
+    """The optimizer x pipeline-family matrix and the conflicting pairs, derived from the optimizers'
+    declarations (optimize/compat.py), so the table cannot disagree with what a run refuses."""
+    from diffgentor.optimize.compat import conflicts, family_support
+    from diffgentor.optimize.registry import stage_of
 
-    registered = set(load_all())
-    names = sorted(registered | set(FAMILY_SUPPORT), key=lambda n: (STAGE_OF.get(n, len(STAGE_OF)), n))
+    support = family_support()
+    names = sorted(support, key=lambda n: (stage_of(n), n))
     families = list(FAMILIES)
-    rows = [[n] + ["✓" if f in families_supporting(n) else "✗" for f in families] for n in names]
-    reasons = [(n, FAMILY_SUPPORT[n].reason if n in FAMILY_SUPPORT else "not in the compatibility table")
-               for n in names if families_supporting(n) != frozenset(families)]
+    rows = [[n] + ["✓" if f in support[n].families else "✗" for f in families] for n in names]
+    reasons = [(n, support[n].reason) for n in names if support[n].families != frozenset(families)]
     header = ["optimizer", *families]
     lines = []
     if markdown:
@@ -308,18 +308,15 @@ def support_table(markdown: bool = False) -> str:
     bullet = "- " if markdown else "  "
     if reasons:
         lines += ["", "Refused elsewhere because:"]
-        lines += [f"{bullet}{n}: {reason or 'no reason given'}" for n, reason in reasons]
+        lines += [f"{bullet}{n}: {reason}" for n, reason in reasons]
     lines += ["", "Conflicting pairs (error: refused at plan time; warn: runs, with a warning):"]
-    lines += [f"{bullet}{c.first} x {c.second} ({c.severity}): {c.reason}" for c in CONFLICTS] or \
+    lines += [f"{bullet}{c.first} x {c.second} ({c.severity}): {c.reason}" for c in conflicts()] or \
              [f"{bullet}(none)"]
-    unregistered = sorted(set(FAMILY_SUPPORT) - registered)
-    if unregistered:
-        lines += ["", f"In the table but not installed in this build: {', '.join(unregistered)}"]
     return "\n".join(lines)
 
 
 def cmd_support(args: argparse.Namespace, passthrough: Sequence[str]) -> None:
-    print("Optimizer x pipeline family (diffgentor/optimize/compat.py; ✓ = takes effect, "
+    print("Optimizer x pipeline family (declared by each optimizer; ✓ = takes effect, "
           "✗ = refused before any weights load)\n\n" if args.format == "text" else "", end="")
     print(support_table(markdown=args.format == "markdown"))
 

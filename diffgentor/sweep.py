@@ -125,10 +125,11 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
 
 def _is_unoptimized(job: Job) -> bool:
     """Nothing recorded but precision settings (TF32 flags), which every run records."""
-    from diffgentor.optimize.registry import STAGES
+    from diffgentor.optimize.registry import load_all
 
-    precision = dict(STAGES)["precision"]
-    return all(o.get("name") in precision for o in job.record.get("optimizations", []))
+    optimizers = load_all()
+    return all(getattr(optimizers.get(o.get("name")), "stage", None) == "precision"
+               for o in job.record.get("optimizations", []))
 
 
 def _matches(job: Job, wanted: str) -> bool:

@@ -446,17 +446,18 @@ def test_t2i_help_groups_flags_and_shows_defaults(capsys):
     assert "max-autotune-no-cudagraphs" in out
 
 
-def test_support_table_is_generated_from_compat():
-    from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
+def test_support_table_is_generated_from_the_declarations():
+    from diffgentor.optimize.compat import conflicts, families_supporting
+    from diffgentor.optimize.registry import load_all
 
     table = cli.support_table()
     header, *rows = table.split("\n\n")[0].splitlines()
     assert header.split() == ["optimizer", *FAMILIES]
     marks = {row.split()[0]: row.split()[1:] for row in rows}
-    assert set(FAMILY_SUPPORT) <= set(marks)
+    assert set(marks) == set(load_all())
     for name, row in marks.items():
         assert row == ["✓" if f in families_supporting(name) else "✗" for f in FAMILIES], name
-    for conflict in CONFLICTS:
+    for conflict in conflicts():
         assert f"{conflict.first} x {conflict.second}" in table
     markdown = cli.support_table(markdown=True)
     assert markdown.startswith("| optimizer | " + " | ".join(FAMILIES) + " |")

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from diffgentor.errors import ConfigError, RefusedError, UnsupportedError
+from diffgentor.families import ALL_FAMILIES
 from diffgentor.optimize import apply_optimizations
 from diffgentor.optimize.attention import BACKENDS, AttentionBackend
-from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT
+from diffgentor.optimize.compat import conflicts, families_supporting, family_support
 from diffgentor.optimize.offload import GroupOffload, GroupOffloadSettings
 from diffgentor.optimize.plan import build_plan
-from diffgentor.optimize.registry import STAGE_OF, load_all
+from diffgentor.optimize.registry import STAGE_ORDER, load_all, stage_of
 from diffgentor.run import resolve_config
 from diffgentor.testbed import TESTBED_CALL_KWARGS
 
@@ -62,7 +63,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---- fused QKV -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("testbed", [t for t in TESTBEDS if FAMILY[t] in FAMILY_SUPPORT["fuse_qkv"].families])
+@pytest.mark.parametrize("testbed", [t for t in TESTBEDS if FAMILY[t] in families_supporting("fuse_qkv")])
 def test_fuse_qkv_keeps_output_and_counts_fused_layers(optimized, testbed):
     reference, output, evidence, _ = optimized(testbed, ["fuse_qkv=true"])
     assert max_diff(reference, output) < 1e-5
@@ -231,7 +232,7 @@ def test_layerwise_casting_stores_fp8(optimized, testbed):
 
 
 def test_layerwise_casting_after_fuse_qkv_casts_the_fused_layers(optimized):
-    assert STAGE_OF["fuse_qkv"] < STAGE_OF["layerwise_casting"]
+    assert stage_of("fuse_qkv") < stage_of("layerwise_casting")
     _, output, evidence, (pipe, _) = optimized("tiny-flux", ["fuse_qkv=true", "+memory=layerwise_casting"])
     assert torch.isfinite(output).all()
     assert pipe.transformer.transformer_blocks[0].attn.to_qkv.weight.dtype == torch.float8_e4m3fn
@@ -304,18 +305,40 @@ def test_group_offload_hooks_on_cpu_wiring(load_testbed, testbed):
 # ---- plan, compat table, dry run, CLI --------------------------------------------------------------------
 
 
-def test_every_optimizer_has_a_stage_and_a_compat_row():
-    for name in load_all():
-        assert name in STAGE_OF
-        assert name in FAMILY_SUPPORT, f"{name} has no row in compat.FAMILY_SUPPORT"
+def test_an_incomplete_declaration_is_refused_at_registration():
+    from diffgentor.optimize.base import Optimizer
+    from diffgentor.optimize.registry import register
+
+    class NoStage(Optimizer):
+        name = "no_stage_declared"
+
+    class Silent(Optimizer):
+        name, stage, families = "refuses_without_reason", "cache", frozenset({"flux"})
+
+    for cls in (NoStage, Silent):
+        with pytest.raises(ValueError, match=cls.name):
+            register(cls)
+        assert cls.name not in load_all()
+    assert all(cls.stage in STAGE_ORDER for cls in load_all().values())
 
 
-def test_seed_conflicts_are_rows_matching_real_tags():
-    rows = {(c.first, c.second): c.severity for c in CONFLICTS}
+def test_the_compat_table_is_the_declarations():
+    support = family_support()
+    assert set(support) == set(load_all())
+    assert support["deep_cache"].families == {"sd", "sdxl"} and "UNet" in support["deep_cache"].reason
+    assert support["fuse_qkv"].families == ALL_FAMILIES - {"sana", "qwenimage"}
+
+
+def test_declared_conflicts_match_real_tags():
+    from diffgentor.optimize.compile import Compile, CompileSettings
+
+    rows = {(c.first, c.second): c.severity for c in conflicts()}
     assert rows[("attention:flash", "attention:xformers")] == "error"
-    assert rows[("compile", "xdit")] == "error"
-    assert rows[("cache", "xdit")] == "warn"
+    assert rows[("cache", "compile:cuda_graphs")] == "error"
+    assert len(rows) == len(conflicts())  # declared once each
     assert "attention:flash" in AttentionBackend(type("S", (), {"name": "flash"})()).tags()
+    assert "compile:cuda_graphs" in Compile(CompileSettings(mode="max-autotune")).tags()
+    assert "cache" in load_all()["first_block_cache"]().tags()
 
 
 def test_compile_component_unet_on_a_dit_refused(run_config):

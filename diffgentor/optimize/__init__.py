@@ -1,4 +1,4 @@
-"""Optimizers: plan before load (plan.py), apply in a fixed order (registry.STAGES), prove with evidence.
+"""Optimizers: plan before load (plan.py), apply in a fixed order (registry.STAGE_ORDER), prove with evidence.
 
 `apply_optimizations(pipe, run_cfg)` is the one public applier for code that holds a loaded pipeline
 (tests, benchmarks): it plans for the pipeline's family, refuses what the plan refuses, applies the rest and

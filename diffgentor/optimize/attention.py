@@ -12,12 +12,9 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import torch
-
 from diffgentor.errors import ConfigError, MissingPackageError, UnsupportedError
-from diffgentor.optimize.attention_processors import attention_modules, route_through_dispatcher
-from diffgentor.optimize.base import Optimizer
-from diffgentor.optimize.call_counter import CallCounter, counts_inside_compiled
+from diffgentor.families import ALL_FAMILIES
+from diffgentor.optimize.base import Conflict, Optimizer
 from diffgentor.optimize.registry import register
 from diffgentor.optimize.targets import denoiser_of
 
@@ -105,6 +102,8 @@ class _CountingBackend:
     """
 
     def __init__(self, fn: Callable):
+        from diffgentor.optimize.call_counter import CallCounter
+
         self.fn = fn
         self.counter = CallCounter()
 
@@ -120,8 +119,14 @@ class _CountingBackend:
 @register
 class AttentionBackend(Optimizer):
     name = "attention"
+    stage = "attention"
     config_group = "attention"
     Settings = AttentionSettings
+    families = ALL_FAMILIES - {"sana"}
+    refused_because = ("Sana's linear-attention processors bypass diffusers' attention dispatcher and diffgentor "
+                       "has no dispatcher twin for them")
+    conflicts = (Conflict("attention:flash", "attention:xformers", "error",
+                          "two attention kernels for the same layers; pick one +attention option"),)
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
@@ -145,6 +150,8 @@ class AttentionBackend(Optimizer):
         return {self.name, f"attention:{self.option}"}
 
     def check(self, family: str) -> None:
+        import torch
+
         backend, option = self.backend, self.option
         if backend.module and importlib.util.find_spec(backend.module) is None:
             raise _missing_package(option, backend)
@@ -171,6 +178,8 @@ class AttentionBackend(Optimizer):
     def apply(self, pipe: Any) -> None:
         from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
+        from diffgentor.optimize.attention_processors import attention_modules, route_through_dispatcher
+
         self._component, model = denoiser_of(pipe)
         self._original_processors = dict(model.attn_processors)
         self._replaced = route_through_dispatcher(model)
@@ -185,6 +194,9 @@ class AttentionBackend(Optimizer):
         self._modules = len(attention_modules(model))
 
     def evidence(self, pipe: Any) -> dict:
+        from diffgentor.optimize.attention_processors import attention_modules
+        from diffgentor.optimize.call_counter import counts_inside_compiled
+
         _, model = denoiser_of(pipe)
         evidence = {
             "backend": self.backend.diffusers_name,

@@ -1,6 +1,11 @@
 """The contract every optimizer follows: select from the config, check before load, apply, prove it, remove.
 
-An optimizer is a small class registered under a unique name (see registry.py). Its life in a run:
+An optimizer is a small class registered under a unique name (see registry.py). The class is its one
+declaration: name, stage, config group and settings dataclass, the families it serves and why not the others,
+the pairs it conflicts with, and the package it needs; the registry, the compatibility table (compat.py),
+`diffgentor support` and the conf/ schemas are derived from it. Optimizer modules import torch and diffusers
+inside their methods only, so that reading the declarations (composing a config, --help) imports neither.
+Its life in a run:
 
 1. `select(run_cfg)` returns its settings when the config asks for it, else None.
 2. `check(family)` raises UnsupportedError / MissingPackageError BEFORE any weights load (packages,
@@ -18,23 +23,59 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, ClassVar, Optional
 
+from diffgentor.families import ALL_FAMILIES
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two optimizer tags that cannot be combined ("error") or only with care ("warn"). Declared by the
+    optimizer whose tag is `second`, which is the one refused."""
+
+    first: str
+    second: str
+    severity: str  # "error" | "warn"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the run will load, resolved once before load: every optimizer checks and applies against it."""
+
+    family: str
+    device: str = "cpu"
+    #: Weights dtype (a torch.dtype), or None when not known (e.g. a plan made for a loaded pipeline).
+    dtype: Any = None
+
 
 class Optimizer:
     """Base class; subclasses set the class variables and override the methods they need."""
 
     #: Unique registry key, also the `name` recorded in run.json.
     name: ClassVar[str]
+    #: The stage it is applied in (registry.STAGE_ORDER says the order and why).
+    stage: ClassVar[str]
     #: Config group whose options select this optimizer ("cache", "compile", ...), or None for a flag.
     config_group: ClassVar[Optional[str]] = None
     #: Structured-config dataclass for the group option (registered in Hydra's ConfigStore).
     Settings: ClassVar[Optional[type]] = None
-    #: The run's device ("cpu", "cuda", ...) and weights dtype (torch.dtype), resolved before load and set by
-    #: plan.build_plan, for checks and settings that depend on them (offload needs an accelerator, ...).
-    device: str = "cpu"
-    dtype: Any = None
+    #: The pipeline families it is known to take effect on, and why the others are refused.
+    families: ClassVar[frozenset[str]] = ALL_FAMILIES
+    refused_because: ClassVar[str] = ""
+    #: Pairs refused (or warned about) when this optimizer's tags meet another's (see tags()).
+    conflicts: ClassVar[tuple[Conflict, ...]] = ()
 
-    def __init__(self, settings: Any = None):
+    def __init__(self, settings: Any = None, target: Optional[Target] = None):
         self.settings = settings
+        self.target = target or Target(family="", device="cpu")
+
+    @property
+    def device(self) -> str:
+        """The run's device ("cpu", "cuda:1", ...), for checks that depend on it (offload needs an accelerator)."""
+        return self.target.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.target.dtype
 
     @classmethod
     def active_group(cls, run_cfg: Any, group_name: Optional[str] = None) -> Any:
@@ -58,7 +99,7 @@ class Optimizer:
         return dict(self.settings) if isinstance(self.settings, dict) else {}
 
     def tags(self) -> set[str]:
-        """Names matched against compat.CONFLICTS (e.g. "attention:flash" besides "attention")."""
+        """Names matched against the declared conflicts (e.g. "attention:flash" besides "attention")."""
         return {self.name}
 
     def check(self, family: str) -> None:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from diffgentor.optimize.base import Optimizer
 from diffgentor.optimize.registry import register
-from diffgentor.optimize.targets import resolve_components
 
 
-def channels_last_weights(module: torch.nn.Module) -> tuple[int, int]:
+def channels_last_weights(module: Any) -> tuple[int, int]:
     """(4-D parameters stored channels-last, all 4-D parameters) of `module`."""
+    import torch
+
     four_d = [p for p in module.parameters() if p.dim() == 4]
     return sum(p.is_contiguous(memory_format=torch.channels_last) for p in four_d), len(four_d)
 
@@ -24,6 +23,7 @@ def channels_last_weights(module: torch.nn.Module) -> tuple[int, int]:
 @register
 class ChannelsLast(Optimizer):
     name = "channels_last"
+    stage = "memory_layout"
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
@@ -33,6 +33,10 @@ class ChannelsLast(Optimizer):
         return {"components": list(group.components)}
 
     def apply(self, pipe: Any) -> None:
+        import torch
+
+        from diffgentor.optimize.targets import resolve_components
+
         self._components = resolve_components("compile.components", self.settings["components"], pipe)
         for module in self._components.values():
             module.to(memory_format=torch.channels_last)
@@ -48,5 +52,7 @@ class ChannelsLast(Optimizer):
         return evidence
 
     def remove(self, pipe: Any) -> None:
+        import torch
+
         for module in self._components.values():
             module.to(memory_format=torch.contiguous_format)

@@ -14,11 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import torch
-
 from diffgentor.errors import ConfigError, UnsupportedError
-from diffgentor.optimize.base import Optimizer
-from diffgentor.optimize.call_counter import counting_inside_compiled
+from diffgentor.optimize.base import Conflict, Optimizer
 from diffgentor.optimize.registry import register
 from diffgentor.optimize.targets import check_component_names, component_mapping, resolve_components
 
@@ -80,13 +77,16 @@ class CallTimer:
     """Wall time of every call of one component (synchronised on CUDA); the first call includes compiling."""
 
     def __init__(self, device: str):
+        import torch
+
         self.device = device
         self.durations_s: list[float] = []
         self._start = 0.0
+        self._synchronize = torch.cuda.synchronize if device.startswith("cuda") else None
 
     def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        if self._synchronize is not None:
+            self._synchronize()
 
     def start(self, *_: Any) -> None:
         self._sync()
@@ -138,8 +138,22 @@ def _inductor_config() -> Any:
 @register
 class Compile(Optimizer):
     name = "compile"
+    stage = "compile"
     config_group = "compile"
     Settings = CompileSettings
+    conflicts = (
+        # CUDA graphs replay into the same static buffers on every call; a cache keeps tensors from one
+        # denoiser call for the next (residuals, features, Taylor factors), which the next replay overwrites.
+        # Until a GPU test shows a cache intact under graphs, the pair is refused (on CPU these modes capture
+        # no graphs, but a dry run here must refuse what the GPU would get wrong).
+        Conflict("cache", "compile:cuda_graphs", "error",
+                 "a cache keeps tensors across denoiser calls and CUDA graphs overwrite them at each replay; use "
+                 "compile.mode=max-autotune-no-cudagraphs (or default) with a cache"),
+        Conflict("compile:regional", "compile:cuda_graphs", "error",
+                 "regional compile shares one compiled block between blocks of different weights, which CUDA "
+                 "graphs would record once per block (untested on a GPU here); use "
+                 "compile.mode=max-autotune-no-cudagraphs (or default) with compile.regional=true"),
+    )
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
@@ -147,7 +161,7 @@ class Compile(Optimizer):
 
     def tags(self) -> set[str]:
         """"compile:cuda_graphs" for the modes that capture CUDA graphs, "compile:regional" for regional
-        compile (compat.CONFLICTS refuses what cannot combine with them)."""
+        compile (the declared conflicts refuse what cannot combine with them)."""
         tags = {self.name}
         if self.settings.mode in CUDA_GRAPH_MODES:
             tags.add("compile:cuda_graphs")
@@ -164,6 +178,10 @@ class Compile(Optimizer):
         check_component_names("compile.components", s.components, family)
 
     def apply(self, pipe: Any) -> None:
+        import torch
+
+        from diffgentor.optimize.call_counter import counting_inside_compiled
+
         s = self.settings
         self._mapping = component_mapping(s.components, pipe)
         components = resolve_components("compile.components", s.components, pipe)
@@ -190,7 +208,7 @@ class Compile(Optimizer):
                 self._compiled[name] = [module]
 
     @staticmethod
-    def _compile_blocks(name: str, module: torch.nn.Module, options: dict) -> list:
+    def _compile_blocks(name: str, module: Any, options: dict) -> list:
         classes = getattr(module, "_repeated_blocks", None) or REPEATED_BLOCKS_FALLBACK.get(type(module).__name__)
         if not classes:
             raise UnsupportedError(
@@ -239,6 +257,8 @@ class Compile(Optimizer):
 
     def release(self) -> None:
         """Inductor flags and in-graph call counting back to what they were before this run."""
+        from diffgentor.optimize.call_counter import counting_inside_compiled
+
         config = _inductor_config()
         for flag, value in getattr(self, "_previous_flags", {}).items():
             setattr(config, flag, value)

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from diffusers.models.attention_processor import FusedJointAttnProcessor2_0
-
 from diffgentor.errors import UnsupportedError
-from diffgentor.optimize.attention_processors import attention_modules, replace_processors
+from diffgentor.families import ALL_FAMILIES
 from diffgentor.optimize.base import Optimizer
-from diffgentor.optimize.call_counter import CallCounter, counts_inside_compiled
 from diffgentor.optimize.registry import register
-from diffgentor.optimize.targets import denoiser_of, family_of
 
 FUSED_LAYERS = ("to_qkv", "to_kv", "to_added_qkv")
 
 
-def fused_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def fused_layers(model: Any) -> dict[str, Any]:
     """Fused projection layers of `model`'s fused attention modules, by qualified name."""
+    import torch
+
+    from diffgentor.optimize.attention_processors import attention_modules
+
     found = {}
     for name, module in attention_modules(model).items():
         if not getattr(module, "fused_projections", False):
@@ -39,7 +38,7 @@ def fused_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return found
 
 
-def count_by_kind(layers: dict[str, torch.nn.Module]) -> dict[str, int]:
+def count_by_kind(layers: dict[str, Any]) -> dict[str, int]:
     counts = {attr: 0 for attr in FUSED_LAYERS}
     for name in layers:
         counts[name.rsplit(".", 1)[1]] += 1
@@ -49,13 +48,21 @@ def count_by_kind(layers: dict[str, torch.nn.Module]) -> dict[str, int]:
 @register
 class FuseQKV(Optimizer):
     name = "fuse_qkv"
+    stage = "fuse_qkv"
+    families = ALL_FAMILIES - {"sana", "qwenimage"}
+    refused_because = "diffusers' fuse_qkv_projections() creates no fused layer there (measured: a silent no-op)"
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:
         return {"components": ["denoiser", "vae"]} if getattr(run_cfg, "fuse_qkv", False) else None
 
     def apply(self, pipe: Any) -> None:
-        self._counters: dict[str, CallCounter] = {}
+        from diffusers.models.attention_processor import FusedJointAttnProcessor2_0
+
+        from diffgentor.optimize.attention_processors import attention_modules, replace_processors
+        from diffgentor.optimize.targets import denoiser_of, family_of
+
+        self._counters: dict[str, Any] = {}
         self._handles: list = []
         self._fused: dict[str, dict[str, int]] = {}
         self._sd3_repaired = 0
@@ -70,7 +77,9 @@ class FuseQKV(Optimizer):
             vae.fuse_qkv_projections()
             self._watch("vae", vae, required=False)
 
-    def _watch(self, name: str, model: torch.nn.Module, required: bool) -> None:
+    def _watch(self, name: str, model: Any, required: bool) -> None:
+        from diffgentor.optimize.call_counter import CallCounter
+
         layers = fused_layers(model)
         if not layers and required:
             raise UnsupportedError(
@@ -82,6 +91,9 @@ class FuseQKV(Optimizer):
         self._handles += [layer.register_forward_hook(counter.bump) for layer in layers.values()]
 
     def evidence(self, pipe: Any) -> dict:
+        from diffgentor.optimize.call_counter import counts_inside_compiled
+        from diffgentor.optimize.targets import denoiser_of
+
         calls = {name: counter.calls for name, counter in self._counters.items()}
         attr, _ = denoiser_of(pipe)
         if calls.get(attr, 0) == 0 and counts_inside_compiled():

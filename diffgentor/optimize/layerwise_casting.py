@@ -10,14 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch
-
 from diffgentor.errors import ConfigError, UnsupportedError
 from diffgentor.optimize.base import Optimizer
 from diffgentor.optimize.registry import register
 from diffgentor.optimize.targets import check_component_names, component_mapping, resolve_components
 
-STORAGE_DTYPES = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+#: Option value -> the torch dtype's attribute name (looked up when applied: no torch at import).
+STORAGE_DTYPES = ("float8_e4m3fn", "float8_e5m2")
 
 
 @dataclass
@@ -39,12 +38,14 @@ class LayerwiseCastingSettings:
     skip_modules_pattern: Optional[list[str]] = None
 
 
-def parameter_bytes(module: torch.nn.Module) -> int:
+def parameter_bytes(module: Any) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def layers_stored_in(module: torch.nn.Module, dtype: torch.dtype) -> int:
+def layers_stored_in(module: Any, dtype: Any) -> int:
     """Leaf layers whose weight is stored in `dtype`."""
+    import torch
+
     return sum(1 for m in module.modules()
                if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dtype == dtype)
 
@@ -52,18 +53,20 @@ def layers_stored_in(module: torch.nn.Module, dtype: torch.dtype) -> int:
 @register
 class LayerwiseCasting(Optimizer):
     name = "layerwise_casting"
+    stage = "storage_dtype"
     config_group = "memory"
     Settings = LayerwiseCastingSettings
 
     @property
-    def storage_dtype(self) -> torch.dtype:
+    def storage_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.settings.storage_dtype)
+
+    def check(self, family: str) -> None:
         if self.settings.storage_dtype not in STORAGE_DTYPES:
             raise ConfigError(f"memory.storage_dtype={self.settings.storage_dtype!r}: use one of "
                               f"{', '.join(STORAGE_DTYPES)}")
-        return STORAGE_DTYPES[self.settings.storage_dtype]
-
-    def check(self, family: str) -> None:
-        _ = self.storage_dtype
         check_component_names("memory.components", self.settings.components, family)
 
     def apply(self, pipe: Any) -> None:

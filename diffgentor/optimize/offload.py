@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
-
 from diffgentor.errors import UnsupportedError
 from diffgentor.optimize.base import Optimizer
 from diffgentor.optimize.registry import register
@@ -67,6 +65,7 @@ def resting_devices(pipe: Any) -> dict[str, str]:
 
 
 class _Offload(Optimizer):
+    stage = "offload"
     config_group = "memory"
 
     def check(self, family: str) -> None:
@@ -123,6 +122,8 @@ class GroupOffload(_Offload):
                                    "leaf_level")
 
     def apply(self, pipe: Any) -> None:
+        import torch
+
         s = self.settings
         use_stream = s.use_stream and self.device.startswith("cuda")
         pipe.enable_group_offload(
@@ -133,7 +134,7 @@ class GroupOffload(_Offload):
         )
 
     def hooked_modules(self, pipe: Any) -> dict[str, int]:
-        def has_group_hook(m: torch.nn.Module) -> bool:
+        def has_group_hook(m: Any) -> bool:
             registry = getattr(m, "_diffusers_hook", None)
             return registry is not None and registry.get_hook("group_offloading") is not None
 

@@ -13,9 +13,9 @@ from typing import Any, Iterator
 
 from diffgentor.errors import DiffgentorError, RefusedError
 from diffgentor.families import FAMILIES
-from diffgentor.optimize.base import OptimizationRecord, Optimizer
-from diffgentor.optimize.compat import CONFLICTS, FAMILY_SUPPORT, families_supporting
-from diffgentor.optimize.registry import STAGE_OF, STAGES, load_all
+from diffgentor.optimize.base import OptimizationRecord, Optimizer, Target
+from diffgentor.optimize.compat import conflicts, families_supporting
+from diffgentor.optimize.registry import STAGE_ORDER, load_all, stage_of
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Plan:
 
     def describe(self) -> str:
         """The ordered plan as printed by the dry run."""
-        lines = [f"plan for a '{self.family}' pipeline (order: {' -> '.join(n for n, _ in STAGES)}):"]
+        lines = [f"plan for a '{self.family}' pipeline (order: {' -> '.join(STAGE_ORDER)}):"]
         if not self.steps:
             lines.append("  (no optimizations requested)")
         for i, step in enumerate(self.steps, 1):
@@ -71,15 +71,16 @@ def _family_refusal(name: str, family: str) -> str | None:
     families = families_supporting(name)
     if family in families:
         return None
-    reason = FAMILY_SUPPORT[name].reason if name in FAMILY_SUPPORT else "not in the compatibility table"
+    reason = load_all()[name].refused_because
     fits = ", ".join(sorted(families)) or "none"
     return f"does not apply to '{family}' pipelines ({reason}); it serves: {fits}"
 
 
 def _alternatives_hint(name: str, family: str) -> str:
     """Name the optimizers of the same stage that do serve `family` (e.g. caches that fit a UNet)."""
-    stage = STAGES[STAGE_OF[name]][1]
-    fits = [other for other in stage if other != name and family in families_supporting(other)]
+    stage = load_all()[name].stage
+    fits = sorted(other for other, cls in load_all().items()
+                  if cls.stage == stage and other != name and family in families_supporting(other))
     return f"; for this pipeline use: {', '.join(fits)}" if fits else ""
 
 
@@ -99,12 +100,12 @@ def build_plan(run_cfg: Any, family: str) -> Plan:
         raise DiffgentorError(f"unknown pipeline family {family!r}; known: {', '.join(sorted(FAMILIES))}")
     plan = Plan(family=family)
     device, dtype = _run_device_and_dtype(run_cfg)
-    for name, cls in sorted(load_all().items(), key=lambda item: STAGE_OF[item[0]]):
+    target = Target(family, device, dtype)
+    for name, cls in sorted(load_all().items(), key=lambda item: (stage_of(item[0]), item[0])):
         settings = cls.select(run_cfg)
         if settings is None:
             continue
-        step = PlanStep(cls(settings))
-        step.optimizer.device, step.optimizer.dtype = device, dtype
+        step = PlanStep(cls(settings, target))
         refusal = _family_refusal(name, family)
         if refusal:
             step.supported, step.reason = False, refusal + _alternatives_hint(name, family)
@@ -120,7 +121,7 @@ def build_plan(run_cfg: Any, family: str) -> Plan:
 
 def _check_conflicts(plan: Plan) -> None:
     tagged = [(step, step.optimizer.tags()) for step in plan.steps]
-    for conflict in CONFLICTS:
+    for conflict in conflicts():
         firsts = [s for s, tags in tagged if conflict.first in tags]
         seconds = [s for s, tags in tagged if conflict.second in tags]
         if not firsts or not seconds:

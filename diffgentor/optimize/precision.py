@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from diffgentor.optimize.base import Optimizer
 from diffgentor.optimize.registry import register
 
 
 def set_tf32(enabled: bool) -> None:
     """Set every switch PyTorch reads for TF32, so `false` really turns it off (cuDNN defaults to on)."""
+    import torch
+
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
     torch.set_float32_matmul_precision("high" if enabled else "highest")
 
 
 def tf32_flags() -> dict:
+    import torch
+
     return {
         "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
@@ -27,6 +29,8 @@ def tf32_flags() -> dict:
 
 def tf32_capable_device() -> bool:
     """TF32 tensor cores exist on NVIDIA Ampere (compute capability 8.0) and newer."""
+    import torch
+
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
@@ -35,6 +39,7 @@ class TF32(Optimizer):
     """Always planned: records the TF32 state the run used, on or off (`precision.tf32`)."""
 
     name = "tf32"
+    stage = "precision"
 
     @classmethod
     def select(cls, run_cfg: Any) -> Any:

@@ -1,4 +1,9 @@
-"""One registry of optimizers keyed by name; modules register themselves with `@register`."""
+"""One registry of optimizers keyed by name; modules register themselves with `@register`.
+
+Each optimizer class declares its stage, families, conflicts and settings (base.Optimizer); what is derived
+from those declarations (the stage lists, compat.py's table, the conf/ schemas) is computed here or there,
+never written a second time.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,6 @@ import importlib
 from diffgentor.optimize.base import Optimizer
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {}
-
-
-def register(cls: type[Optimizer]) -> type[Optimizer]:
-    """Class decorator adding an optimizer to the registry; a duplicate name is a programming error."""
-    if cls.name in OPTIMIZERS:
-        raise ValueError(f"optimizer {cls.name!r} registered twice")
-    if cls.name not in STAGE_OF:
-        raise ValueError(f"optimizer {cls.name!r} has no stage in optimize/registry.py STAGES")
-    OPTIMIZERS[cls.name] = cls
-    return cls
-
 
 #: Application order, fixed for every run, and why:
 #: - precision first: TF32 flags and dtype affect everything traced or fused after them;
@@ -29,22 +23,11 @@ def register(cls: type[Optimizer]) -> type[Optimizer]:
 #: - cache before compile: torch.compile must trace the hooked forward, not the bare one;
 #: - compile before offload: offloading hooks move weights, which must not change traced modules' devices
 #:   under the compiler's feet; vae options last (they touch only the decoder).
-STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("precision", ("tf32",)),
-    ("memory_layout", ("channels_last",)),
-    ("fuse_qkv", ("fuse_qkv",)),
-    ("storage_dtype", ("layerwise_casting",)),
-    ("attention", ("attention",)),
-    ("cache", ("deep_cache", "first_block_cache", "pab", "faster_cache", "taylor_seer", "cache_dit",
-               "mag_cache")),
-    ("compile", ("compile",)),
-    ("offload", ("model_cpu_offload", "sequential_cpu_offload", "group_offload")),
-    ("vae", ("vae_slicing", "vae_tiling")),
-)
-STAGE_OF: dict[str, int] = {name: i for i, (_, names) in enumerate(STAGES) for name in names}
+STAGE_ORDER: tuple[str, ...] = ("precision", "memory_layout", "fuse_qkv", "storage_dtype", "attention", "cache",
+                                "compile", "offload", "vae")
 
-
-#: Modules under diffgentor/optimize/ that register optimizers. Adding an optimizer family adds one line.
+#: The modules under diffgentor/optimize/ that declare optimizers: adding one adds its line here. They import
+#: torch and diffusers only inside their methods (tests/test_startup.py holds them to it).
 OPTIMIZER_MODULES: tuple[str, ...] = (
     "precision",
     "channels_last", "fuse_qkv", "layerwise_casting", "attention", "compile", "offload", "vae_memory",
@@ -53,8 +36,34 @@ OPTIMIZER_MODULES: tuple[str, ...] = (
 )
 
 
+def register(cls: type[Optimizer]) -> type[Optimizer]:
+    """Class decorator adding an optimizer to the registry; a duplicate or an incomplete declaration is a
+    programming error, raised when its module is imported."""
+    if cls.name in OPTIMIZERS:
+        raise ValueError(f"optimizer {cls.name!r} registered twice")
+    if getattr(cls, "stage", None) not in STAGE_ORDER:
+        raise ValueError(f"optimizer {cls.name!r} declares no stage of registry.STAGE_ORDER "
+                         f"(stage = {getattr(cls, 'stage', None)!r})")
+    if not cls.refused_because and not _serves_all(cls):
+        raise ValueError(f"optimizer {cls.name!r} refuses some families without saying why (refused_because)")
+    OPTIMIZERS[cls.name] = cls
+    return cls
+
+
+def _serves_all(cls: type[Optimizer]) -> bool:
+    from diffgentor.families import ALL_FAMILIES
+
+    return cls.families >= ALL_FAMILIES
+
+
 def load_all() -> dict[str, type[Optimizer]]:
-    """Import every optimizer module so that all `@register` decorators have run."""
+    """Import every optimizer module so that all `@register` decorators have run (cheap: no torch)."""
     for module in OPTIMIZER_MODULES:
         importlib.import_module(f"diffgentor.optimize.{module}")
     return OPTIMIZERS
+
+
+def stage_of(name: str) -> int:
+    """Position of optimizer `name`'s stage in the application order."""
+    return STAGE_ORDER.index(load_all()[name].stage)
+

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import torch
-
 from diffgentor.errors import UnsupportedError
 from diffgentor.families import FAMILIES, family_of_pipeline_class
 
@@ -32,14 +30,16 @@ def family_of(pipe: Any) -> str:
     return family
 
 
-def denoiser_of(pipe: Any) -> tuple[str, torch.nn.Module]:
+def denoiser_of(pipe: Any) -> tuple[str, Any]:
     """(attribute name, module) of the pipeline's denoiser."""
     name = denoiser_attr(family_of(pipe))
     return name, getattr(pipe, name)
 
 
-def module_components(pipe: Any) -> dict[str, torch.nn.Module]:
+def module_components(pipe: Any) -> dict[str, Any]:
     """The pipeline's components that are torch modules, by attribute name."""
+    import torch
+
     return {k: v for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)}
 
 
@@ -58,11 +58,11 @@ def check_component_names(field: str, names: Iterable[str], family: str) -> None
             )
 
 
-def resolve_components(field: str, names: Iterable[str], pipe: Any) -> dict[str, torch.nn.Module]:
+def resolve_components(field: str, names: Iterable[str], pipe: Any) -> dict[str, Any]:
     """Map each requested name to a module of `pipe`; a name the pipeline lacks is an error."""
     family = family_of(pipe)
     available = module_components(pipe)
-    resolved: dict[str, torch.nn.Module] = {}
+    resolved: dict[str, Any] = {}
     for requested in names:
         name = map_component_name(requested, family)
         if name not in available:

@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 from diffgentor.errors import UnsupportedError
 from diffgentor.optimize.base import Optimizer
-from diffgentor.optimize.call_counter import CallCounter
 from diffgentor.optimize.registry import register
 
 
@@ -45,6 +44,8 @@ class DecodeCounter:
     """Counts `vae.decode` calls and decoder passes (one per slice or tile) while installed."""
 
     def __init__(self, vae: Any):
+        from diffgentor.optimize.call_counter import CallCounter
+
         self.vae = vae
         self._decodes, self._passes = CallCounter(), CallCounter()
         original_decode = vae.decode
@@ -70,6 +71,7 @@ class DecodeCounter:
 
 
 class _VaeOption(Optimizer):
+    stage = "vae"
     config_group = "memory"
     #: The AutoencoderMixin switch this option turns on, and what a split is called in the evidence.
     switch: str

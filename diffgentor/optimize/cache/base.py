@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Any, ClassVar, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from diffgentor.errors import ConfigError, MissingPackageError
 from diffgentor.families import FAMILIES
 from diffgentor.optimize.base import Optimizer
 from diffgentor.optimize.targets import family_of
-from diffgentor.optimize.cache.context import DenoiseTracker
-from diffgentor.optimize.cache.counting import FULL_SHARE, ComputeCounter
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffgentor.optimize.cache.context import DenoiseTracker
+    from diffgentor.optimize.cache.counting import ComputeCounter
 
 
 def unwrap_compiled(module: torch.nn.Module) -> torch.nn.Module:
@@ -44,7 +46,12 @@ class CacheOptimizer(Optimizer):
     """Base of the `cache` group's optimizers; subclasses implement install / uninstall (and may add
     check_settings, cache_evidence)."""
 
+    stage = "cache"
     config_group = "cache"
+    # Each cache declares its `families`. SD3/PixArt: diffgentor supplies the cache context and timestep their
+    # pipelines lack (context.py). QwenImage: wired by diffusers / cache-dit themselves, measured on
+    # tiny-qwenimage (tests/test_caches.py); cache-dit pairs its calls as cond/uncond, right only with a
+    # negative prompt, else set cache.enable_separate_cfg=false (its evidence warns).
     #: (import name, pip package, diffgentor extra) of the optional package the cache needs, if any.
     requires: ClassVar[Optional[tuple[str, str, str]]] = None
     #: Which knob to turn when a run skipped nothing; ends the warning.
@@ -85,6 +92,9 @@ class CacheOptimizer(Optimizer):
         return {}
 
     def apply(self, pipe: Any) -> None:
+        from diffgentor.optimize.cache.context import DenoiseTracker
+        from diffgentor.optimize.cache.counting import ComputeCounter
+
         self.family = family_of(pipe)
         self.denoiser = unwrap_compiled(getattr(pipe, FAMILIES[self.family].denoiser))
         self.check_settings(self.family)
@@ -109,6 +119,8 @@ class CacheOptimizer(Optimizer):
         self.tracker.measuring = False
 
     def evidence(self, pipe: Any) -> dict:
+        from diffgentor.optimize.cache.counting import FULL_SHARE
+
         measured = self.counter.summary()
         evidence = {"measured_in": "evidence pass", "steps_run": self.tracker.steps_run,
                     "generations": self.tracker.generations_measured, **measured}

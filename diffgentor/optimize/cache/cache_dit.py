@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
-from diffgentor.optimize.cache.counting import FULL_SHARE
 from diffgentor.optimize.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -107,6 +107,8 @@ def restore_module_state(state: list[tuple[torch.nn.Module, Any, set[str], dict]
 @register
 class CacheDit(CacheOptimizer):
     name = "cache_dit"
+    families = frozenset({"flux", "sd3", "pixart", "qwenimage", "sana"})
+    refused_because = "cache-dit adapts the DiT pipelines it recognises by class name and refuses UNet pipelines"
     Settings = CacheDitSettings
     requires = ("cache_dit", "cache-dit", "cache-dit")
     no_skip_hint = ("Raise cache.residual_diff_threshold, lower cache.max_warmup_steps, or make "
@@ -167,6 +169,8 @@ class CacheDit(CacheOptimizer):
         """cache-dit's own account of the last generation beside ours: the steps it says it cached must be
         the steps whose block compute we measured below full."""
         import cache_dit
+
+        from diffgentor.optimize.cache.counting import FULL_SHARE
 
         with quiet_cache_dit():
             stats = cache_dit.summary(self.denoiser, logging=False)

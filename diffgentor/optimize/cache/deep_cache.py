@@ -35,6 +35,8 @@ class DeepCacheSettings:
 @register
 class DeepCache(CacheOptimizer):
     name = "deep_cache"
+    families = frozenset({"sd", "sdxl"})
+    refused_because = "DeepCache caches the skip branches of a UNet; DiT pipelines have none"
     Settings = DeepCacheSettings
     requires = ("DeepCache", "DeepCache", "deepcache")
     no_skip_hint = "Raise cache.cache_interval (DG_CACHE_INTERVAL) above 1, and run more steps than it."

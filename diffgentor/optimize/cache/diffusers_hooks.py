@@ -7,13 +7,13 @@ hooks that appeared during the install, so nothing else registered on those modu
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from diffgentor.errors import UnsupportedError
 from diffgentor.optimize.cache.base import CacheOptimizer
-from diffgentor.optimize.cache.joint_blocks import keep_text_stream_of_pre_only_blocks
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _apply_functions() -> dict[type, Callable]:
@@ -98,6 +98,8 @@ class DiffusersHookCache(CacheOptimizer):
         return not has_cache_mixin(self.denoiser)
 
     def install(self, pipe: Any) -> None:
+        from diffgentor.optimize.cache.joint_blocks import keep_text_stream_of_pre_only_blocks
+
         self.config = self.build_config(pipe)
         self._restore_blocks = keep_text_stream_of_pre_only_blocks(self.denoiser)
         try:

@@ -10,14 +10,15 @@ follow diffusers' own tests for FLUX and the FasterCache paper's values for CFG 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from diffgentor.errors import UnsupportedError
 from diffgentor.optimize.cache.base import require_at_least, require_range
 from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
 from diffgentor.optimize.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 #: Per-family defaults for the settings left null.
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -75,6 +76,9 @@ class FasterCacheSettings:
 @register
 class FasterCache(DiffusersHookCache):
     name = "faster_cache"
+    families = frozenset({"flux", "sd3", "pixart"})
+    refused_because = ("FasterCache hooks DiT attention; UNets are not wired, Sana is untested, and QwenImage's "
+                       "separate cond/uncond calls would share its per-layer state")
     Settings = FasterCacheSettings
     no_skip_hint = ("Widen cache.spatial_timestep_skip_range / cache.unconditional_batch_timestep_skip_range to "
                     "cover more of this schedule's timesteps.")
@@ -124,9 +128,12 @@ class FasterCache(DiffusersHookCache):
         super().install(pipe)
         self._guard = None
         if not self._values["guidance_distilled"]:
-            self._guard = self.denoiser.register_forward_pre_hook(self._require_cfg_batch, with_kwargs=True)
+            import torch
 
-    @torch.compiler.disable
+            # a Python check on shapes and pipeline state, kept out of any compiled graph
+            guard = torch.compiler.disable(self._require_cfg_batch)
+            self._guard = self.denoiser.register_forward_pre_hook(guard, with_kwargs=True)
+
     def _require_cfg_batch(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """FasterCache splits the batch into [uncond, cond] halves; without CFG that silently mixes images."""
         hidden = kwargs.get("hidden_states", args[0] if args else None)

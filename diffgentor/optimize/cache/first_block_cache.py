@@ -30,6 +30,9 @@ class FirstBlockCacheSettings:
 @register
 class FirstBlockCache(DiffusersHookCache):
     name = "first_block_cache"
+    families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
+    refused_because = ("diffusers' block hooks need DiT blocks its registry knows: UNets have none (IndexError), Sana's"
+                       " are not registered")
     Settings = FirstBlockCacheSettings
     no_skip_hint = "Raise cache.threshold (DG_FBC_THRESHOLD) to skip steps whose first-block residual changes more."
 

@@ -52,6 +52,8 @@ class MagCacheSettings:
 @register
 class MagCache(DiffusersHookCache):
     name = "mag_cache"
+    families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
+    refused_because = "MagCache hooks DiT blocks its registry knows: UNets have none, Sana's are not registered"
     Settings = MagCacheSettings
     no_skip_hint = "Raise cache.threshold or cache.max_skip_steps, or lower cache.retention_ratio."
 

@@ -40,6 +40,9 @@ class PabSettings:
 @register
 class PyramidAttentionBroadcast(DiffusersHookCache):
     name = "pab"
+    families = frozenset({"flux", "sd3", "pixart"})
+    refused_because = ("PAB hooks DiT attention; UNets are not wired, Sana's linear attention is untested, and "
+                       "QwenImage's separate cond/uncond calls would share PAB's per-layer state")
     Settings = PabSettings
     no_skip_hint = ("Widen cache.timestep_skip_range (DG_PAB_TIMESTEP_SKIP) to cover more of this schedule's "
                     "timesteps, or raise cache.spatial_skip_range above 1.")

@@ -10,14 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-import torch
-
 from diffgentor.errors import ConfigError
 from diffgentor.optimize.cache.base import require_at_least
 from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
 from diffgentor.optimize.registry import register
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = ("bfloat16", "float16", "float32")
 #: Default `cache_identifiers` where diffusers' (`^transformer_blocks.*attn`, matched whole) finds no module:
 #: PixArt names its attentions attn1 (self) and attn2 (cross).
 FAMILY_CACHE_IDENTIFIERS = {"pixart": [r"^transformer_blocks\.\d+\.attn[12]"]}
@@ -59,6 +57,8 @@ class TaylorSeerSettings:
 @register
 class TaylorSeer(DiffusersHookCache):
     name = "taylor_seer"
+    families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
+    refused_because = "TaylorSeer hooks DiT blocks and attention by name; UNets and Sana are not wired"
     Settings = TaylorSeerSettings
     no_skip_hint = ("Lower cache.disable_cache_before_step or run more steps than the warmup plus one "
                     "cache.cache_interval (DG_CACHE_INTERVAL).")
@@ -78,6 +78,7 @@ class TaylorSeer(DiffusersHookCache):
         return FAMILY_CACHE_IDENTIFIERS.get(self.family)
 
     def build_config(self, pipe: Any) -> Any:
+        import torch
         from diffusers import TaylorSeerCacheConfig
 
         s = self.settings
@@ -87,7 +88,7 @@ class TaylorSeer(DiffusersHookCache):
             disable_cache_before_step=int(s.disable_cache_before_step),
             disable_cache_after_step=s.disable_cache_after_step,
             max_order=int(s.max_order),
-            taylor_factors_dtype=DTYPES[s.taylor_factors_dtype],
+            taylor_factors_dtype=getattr(torch, s.taylor_factors_dtype),
             use_lite_mode=bool(s.use_lite_mode),
             cache_identifiers=self.cache_identifiers(),
             skip_predict_identifiers=list(skip) if skip is not None else None,
