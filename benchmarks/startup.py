@@ -8,13 +8,15 @@ Arms, each a fresh process, alternating round by round, one thread each (OMP_NUM
 - original (only with --original PATH or --original-cmd): the original project on the same folder, run from
   the path given (never vendored). The default command assumes its seed-style CLI as a module of that path;
   --original-cmd replaces it ({python} {folder} {prompt} {out} are filled in).
+First, the answers that need no model (`--help`, a typo, `--cfg job`) against `python -c "import hydra"`
+(issue 13's target: at most 3x); with --config-only, only that.
 Printed: each arm's median wall with its min-max, the ratios, whether the images are pixel-identical, and a
 phase breakdown of one diffgentor run in-process (timers around diffgentor's own functions; that run is
 not one of the timed arms). With --loop N: N `diffgentor t2i` invocations (the seed's loop) vs one
 `diffgentor t2i --repeats N`, wall ratio. With --threads-compare: the default job's timed call at threads=1
 vs one thread per core.
 
-Run: python benchmarks/startup.py [--rounds 5] [--loop 10] [--threads-compare] [--original PATH]
+Run: python benchmarks/startup.py [--rounds 5] [--config-only] [--loop 10] [--threads-compare] [--original PATH]
 """
 
 from __future__ import annotations
@@ -106,6 +108,31 @@ def side_by_side(args: argparse.Namespace, work: Path) -> dict:
     return walls
 
 
+#: The paths that must answer without importing torch or diffusers (tests/test_startup.py checks that).
+CONFIG_PATHS = {"--help": ["--help"], "a typo": ["stepz=2"], "--cfg job": ["+cache=first_block_cache", "--cfg", "job"]}
+
+
+def config_paths(args: argparse.Namespace, work: Path) -> None:
+    """`python -m diffgentor --help`, a typo and `--cfg job` vs `python -c "import hydra"`, alternating."""
+    py = sys.executable
+    arms = {"import hydra": [py, "-c", "import hydra"],
+            **{name: [py, "-m", "diffgentor", *argv] for name, argv in CONFIG_PATHS.items()}}
+    walls: dict = {name: [] for name in arms}
+    for r in range(args.rounds):
+        for name in list(arms) if r % 2 == 0 else list(reversed(arms)):
+            start = time.perf_counter()
+            subprocess.run(arms[name], cwd=work, env=_env(args.threads), capture_output=True)  # a typo exits 1
+            walls[name].append(time.perf_counter() - start)
+    hydra = walls["import hydra"]
+    print(f"answers that need no model, {args.rounds} alternating rounds (wall of the whole process):")
+    for name, values in walls.items():
+        ratio = "" if name == "import hydra" else (
+            f"  {statistics.median(values) / statistics.median(hydra):.2f}x import hydra "
+            f"[{min(values) / max(hydra):.2f}-{max(values) / min(hydra):.2f}]")
+        print(f"  {name:<13} median {statistics.median(values):5.2f} s  [min {min(values):.2f}, "
+              f"max {max(values):.2f}]{ratio}")
+
+
 def phase_breakdown(args: argparse.Namespace, work: Path) -> None:
     """One diffgentor run in a child process with timers around its phases (benchmarks/startup_phases.py)."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "startup_phases.py"), str(work / "phases")],
@@ -153,6 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--config-only", action="store_true",
+                        help="only time --help, a typo and --cfg job against `import hydra`")
     parser.add_argument("--loop", type=int, default=0, help="also compare N invocations with --repeats N")
     parser.add_argument("--threads-compare", action="store_true",
                         help="also time the default job at threads=1 vs one thread per core")
@@ -162,6 +191,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dg-startup-") as tmp:
         work = Path(tmp)
         subprocess.run([sys.executable, "-c", "import torch, diffusers"], env=_env(args.threads), check=True)
+        config_paths(args, work)
+        if args.config_only:
+            return
         side_by_side(args, work)
         phase_breakdown(args, work)
         if args.loop:

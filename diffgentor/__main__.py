@@ -105,9 +105,12 @@ def hydra_app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """`python -m diffgentor`: the Hydra app; after a multirun, exit 1 if a job failed (see callbacks.py)."""
+    from diffgentor.app_help import print_app_help
     from diffgentor.callbacks import take_sweep_exit_code
     from diffgentor.jobdirs import exclude_constant_overrides
 
+    if print_app_help(sys.argv[1:]):
+        return
     sys.argv[1:] = exclude_constant_overrides(sys.argv[1:])
     hydra_app()
     code = take_sweep_exit_code()
