@@ -266,9 +266,7 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
                   flush=True)
         finally:
             if applied is not None:
-                from diffgentor.optimize.plan import release_plan
-
-                release_plan(applied.plan)
+                applied.release()
             pipe = applied = None
             gc.collect()
             torch.cuda.empty_cache()

@@ -18,8 +18,10 @@ from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from diffgentor.envvars import register_resolvers
+from diffgentor.errors import ConfigError, DiffgentorError
 
 
 class Dtype(str, Enum):
@@ -137,6 +139,20 @@ class RunConfig:
     resume: bool = False
     #: Replace the results already in the run folder (its run.json and images); without it such a folder is refused.
     overwrite: bool = False
+
+
+def resolve_config(cfg: Any) -> Any:
+    """Typed RunConfig object with every interpolation (DG_* variables included) resolved."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        cause = exc.__cause__ or exc.__context__  # OmegaConf re-raises resolver errors inside its own
+        while cause is not None and not isinstance(cause, DiffgentorError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, DiffgentorError):
+            raise ConfigError(str(cause)) from exc
+        raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+
 
 
 def register_configs() -> None:

@@ -16,14 +16,14 @@ from typing import Any, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from diffgentor.config import resolve_config
 from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, peak_memory, run_batch
-from diffgentor.optimize.plan import (Plan, apply_plan, build_plan, collect_evidence, evidence_pass,
-                                      needs_evidence_pass, release_plan)
+from diffgentor.optimize.base import Target
+from diffgentor.optimize.plan import AppliedOptimizations, Plan, apply_plan, build_plan, needs_evidence_pass
 from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor,
                                  resolve_device, resolve_dtype, resolve_source, size_problem)
 from diffgentor.prompts import ImageJob, PromptSpec, batches, image_jobs, read_prompts_file
@@ -35,19 +35,6 @@ from diffgentor.threads import torch_threads
 from diffgentor.validate import MAX_SIDE_PX, InvalidConfigError, problems
 
 log = logging.getLogger(__name__)
-
-
-def resolve_config(cfg: DictConfig) -> Any:
-    """Typed RunConfig object with every interpolation (DG_* variables included) resolved."""
-    try:
-        return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        cause = exc.__cause__ or exc.__context__  # OmegaConf re-raises resolver errors inside its own
-        while cause is not None and not isinstance(cause, DiffgentorError):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, DiffgentorError):
-            raise ConfigError(str(cause)) from exc
-        raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
 
 
 def config_as_dict(cfg: DictConfig) -> dict:
@@ -89,7 +76,8 @@ def prepare(run_cfg: Any) -> Prepared:
         if not values:
             raise
         raise InvalidConfigError([*values, str(exc)]) from exc
-    plan = build_plan(run_cfg, source.family)
+    target = Target(source.family, device, resolve_dtype(run_cfg.precision.dtype.value, device))
+    plan = build_plan(run_cfg, source.family, target)
     plan.problems = list(values)
     if all(1 <= side <= MAX_SIDE_PX for side in (run_cfg.height, run_cfg.width)):
         size = size_problem(planned_size_factor(source), run_cfg.height, run_cfg.width)
@@ -155,25 +143,24 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
             "environment": environment(device),
         }, reserve_bytes=record_size_bound([job.prompt for job in jobs]))
         try:
-            _generate_into(record, run_cfg, source, device, plan, job_batches, run_dir)
+            _generate_into(record, run_cfg, source, plan, job_batches, run_dir)
         except BaseException as exc:
             record.finish("interrupted" if interrupt_of(exc) else "failed", error=failure_message(exc))
             log.info("run ended: %s", record.data["error"])
             raise
-        finally:
-            release_plan(plan)  # process-wide state (attention registry, compiler flags) clean for the next job
     record.finish("ok")
     log.info("run ok: %d images, record %s", len(record.data["images"]), record.path)
     return record.data
 
 
-def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, plan: Plan,
-                   job_batches: list, run_dir: Path) -> None:
-    dtype = resolve_dtype(run_cfg.precision.dtype.value, device)
+def _generate_into(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job_batches: list,
+                   run_dir: Path) -> None:
+    device, dtype = plan.target.device, plan.target.dtype
     start = time.perf_counter()
     with no_loading_bars():
         pipe = load_pipeline(source, run_cfg.model, dtype)
-    pipe.to(device)
+    if not plan.offloads:
+        pipe.to(device)
     load_s = time.perf_counter() - start
     log.info("loaded %s as %s in %.2f s", type(pipe).__name__, str(dtype).replace("torch.", ""), load_s)
     check_size(pipe, source.family, run_cfg.height, run_cfg.width)
@@ -181,57 +168,57 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, device: str, pl
     pipe.set_progress_bar_config(disable=not (run_cfg.progress and run_cfg.progress_steps), leave=False)
 
     start = time.perf_counter()
-    applied = apply_plan(plan, pipe)
-    optimize_s = time.perf_counter() - start
-    if applied:
-        log.info("applied %s in %.2f s", ", ".join(r.name for r in applied), optimize_s)
-    record.update(timings={"load_s": load_s, "optimize_s": optimize_s}, dtype=str(dtype).replace("torch.", ""))
+    with apply_plan(plan, pipe) as applied:  # released on exit: the next job of a sweep starts clean
+        optimize_s = time.perf_counter() - start
+        if applied.records:
+            log.info("applied %s in %.2f s", ", ".join(r.name for r in applied.records), optimize_s)
+        record.update(timings={"load_s": load_s, "optimize_s": optimize_s}, dtype=str(dtype).replace("torch.", ""))
 
-    settings = GenerationSettings(
-        steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
-        width=run_cfg.width, device=device,
-        warmup=run_cfg.benchmark.warmup,
-        repeats=run_cfg.benchmark.repeats, extra_kwargs={**run_cfg.model.call_kwargs, **passed},
-        compiled=any(step.name == "compile" for step in plan.steps),
-    )
-    images_dir = run_dir / IMAGES_DIR
+        settings = GenerationSettings(
+            steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
+            width=run_cfg.width, device=device,
+            warmup=run_cfg.benchmark.warmup,
+            repeats=run_cfg.benchmark.repeats, extra_kwargs={**run_cfg.model.call_kwargs, **passed},
+            compiled=any(step.name == "compile" for step in plan.steps),
+        )
+        images_dir = run_dir / IMAGES_DIR
 
-    first_images: list = []
+        first_images: list = []
 
-    def keep(batch: list, images: list, latency_s: float) -> None:
-        if not first_images:
-            first_images.extend(images)
-        for job, image in zip(batch, images):
-            file = save_image(image, images_dir, job.index, job.prompt, job.seed, source.model_id)
-            record.data["images"].append(
-                {"file": file, "prompt": job.prompt, "seed": job.seed, "latency_s": latency_s})
-        record.save()
+        def keep(batch: list, images: list, latency_s: float) -> None:
+            if not first_images:
+                first_images.extend(images)
+            for job, image in zip(batch, images):
+                file = save_image(image, images_dir, job.index, job.prompt, job.seed, source.model_id)
+                record.data["images"].append(
+                    {"file": file, "prompt": job.prompt, "seed": job.seed, "latency_s": latency_s})
+            record.save()
 
-    total = sum(len(b) for b in job_batches)
-    with tqdm(total=total, desc="images", unit="img", disable=not run_cfg.progress) as bar:
-        timings = generate(pipe, job_batches, settings, keep, progress=bar)
-    evidence_run = _evidence_pass(pipe, plan, job_batches[0], settings, first_images) if job_batches else None
-    collect_evidence(plan, pipe, applied)
-    latency = timings.summary(settings.steps)["latency_s"]
-    if latency:
-        log.info("timed %d calls: median %.4f s (min %.4f, max %.4f)", latency["n"], latency["median"],
-                 latency["min"], latency["max"])
-    record.update(
-        timings={"load_s": load_s, "optimize_s": optimize_s, **timings.summary(settings.steps),
-                 "warmup_passes": settings.warmup, "repeats": settings.repeats},
-        memory=peak_memory(device),
-        optimizations=[r.to_json() for r in applied],
-        **({"evidence_pass": evidence_run} if evidence_run else {}),
-    )
+        total = sum(len(b) for b in job_batches)
+        with tqdm(total=total, desc="images", unit="img", disable=not run_cfg.progress) as bar:
+            timings = generate(pipe, job_batches, settings, keep, progress=bar)
+        evidence_run = _evidence_pass(pipe, applied, job_batches[0], settings, first_images) if job_batches else None
+        optimizations = applied.evidence(pipe)
+        latency = timings.summary(settings.steps)["latency_s"]
+        if latency:
+            log.info("timed %d calls: median %.4f s (min %.4f, max %.4f)", latency["n"], latency["median"],
+                     latency["min"], latency["max"])
+        record.update(
+            timings={"load_s": load_s, "optimize_s": optimize_s, **timings.summary(settings.steps),
+                     "warmup_passes": settings.warmup, "repeats": settings.repeats},
+            memory=peak_memory(device),
+            optimizations=optimizations,
+            **({"evidence_pass": evidence_run} if evidence_run else {}),
+        )
 
 
-def _evidence_pass(pipe: Any, plan: Plan, batch: list, settings: GenerationSettings,
+def _evidence_pass(pipe: Any, applied: AppliedOptimizations, batch: list, settings: GenerationSettings,
                    timed_images: list) -> Optional[dict]:
     """After the timed calls, the first batch once more with the optimizers' instruments attached (caches
     count the compute their blocks ran), so that the timed calls carry none. None: nobody needs one."""
-    if not needs_evidence_pass(plan):
+    if not needs_evidence_pass(applied.plan):
         return None
-    with evidence_pass(plan, pipe):
+    with applied.evidence_pass(pipe):
         images, seconds = run_batch(pipe, batch, settings)
     identical = len(images) == len(timed_images) and all(
         np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, timed_images))

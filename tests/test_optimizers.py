@@ -164,8 +164,6 @@ def test_attention_leaves_no_process_wide_state(load_testbed, run_config):
     """A sweep's next job (another Flux pipeline) must not silently inherit the backend or the counter."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    from diffgentor.optimize.plan import release_plan
-
     active = _AttentionBackendRegistry._active_backend
     pipe = load_testbed("tiny-flux")
     applied = apply_optimizations(pipe, run_config(["+attention=_native_math"]))
@@ -173,7 +171,7 @@ def test_attention_leaves_no_process_wide_state(load_testbed, run_config):
     generate(load_testbed("tiny-flux"), "tiny-flux", steps=1)  # an unoptimized pipeline in the same process
     generate(pipe, "tiny-flux", steps=1)
     assert applied.evidence(pipe)[-1]["evidence"]["dispatcher_calls"] == 6  # its own 6 modules x 1 step only
-    release_plan(applied.plan)
+    applied.release()
     key = AttentionBackendName("_native_math")
     assert not hasattr(_AttentionBackendRegistry._backends[key], "counter")
 
@@ -288,6 +286,18 @@ def test_vae_tiling_tiles_large_images(optimized):
 def test_offload_refused_on_cpu(run_config, option):
     plan = build_plan(run_config([f"+memory={option}", "device=cpu"]), "flux")
     assert "this run is on cpu" in plan.refused[0].reason
+
+
+@pytest.mark.parametrize("option", ["model_cpu_offload", "sequential_cpu_offload", "group_offload"])
+def test_an_accelerator_plan_with_offload_keeps_the_weights_in_cpu_memory(run_config, option):
+    """The plan for a CUDA run, built from its Target (as run.prepare does), accepts the offload and tells the
+    loader not to move the pipeline to the GPU first; without offload it does."""
+    from diffgentor.optimize.base import Target
+
+    target = Target("flux", "cuda", torch.bfloat16)
+    plan = build_plan(run_config([f"+memory={option}"]), "flux", target)
+    assert not plan.refused and plan.offloads and plan.steps[-1].optimizer.device == "cuda"
+    assert not build_plan(run_config(["+memory=vae_tiling"]), "flux", target).offloads
 
 
 @pytest.mark.parametrize("testbed", ["tiny-flux", "tiny-qwenimage"])

@@ -34,10 +34,18 @@ class PlanStep:
 @dataclass
 class Plan:
     family: str
+    #: What the run loads (family, device, dtype), resolved once; every optimizer is built with it.
+    target: Target = field(default_factory=lambda: Target(family=""))
     steps: list[PlanStep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: Refusals outside the optimizations (run values, size, prompts), added by run.prepare.
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def offloads(self) -> bool:
+        """Whether an offload step moves the weights itself: the loaded pipeline then stays in CPU memory
+        (moving it to the accelerator first would need the very memory offloading exists to spare)."""
+        return any(step.optimizer.stage == "offload" for step in self.steps)
 
     @property
     def refused(self) -> list[PlanStep]:
@@ -84,23 +92,24 @@ def _alternatives_hint(name: str, family: str) -> str:
     return f"; for this pipeline use: {', '.join(fits)}" if fits else ""
 
 
-def _run_device_and_dtype(run_cfg: Any) -> tuple[str, Any]:
-    """The device and weights dtype the run will load with (as run.py resolves them), known before load."""
+def resolve_target(run_cfg: Any, family: str) -> Target:
+    """The family, device and weights dtype the run will load with, known before load (resolved once: the
+    plan's optimizers and the loader use this one)."""
     from diffgentor.pipeline import resolve_device, resolve_dtype
 
     device = resolve_device(str(getattr(run_cfg, "device", "auto")))
     precision = getattr(run_cfg, "precision", None)
     dtype_name = getattr(getattr(precision, "dtype", "auto"), "value", getattr(precision, "dtype", "auto"))
-    return device, resolve_dtype(str(dtype_name), device)
+    return Target(family, device, resolve_dtype(str(dtype_name), device))
 
 
-def build_plan(run_cfg: Any, family: str) -> Plan:
-    """Select, order and check the optimizers `run_cfg` asks for, for a pipeline of `family`."""
+def build_plan(run_cfg: Any, family: str, target: Target | None = None) -> Plan:
+    """Select, order and check the optimizers `run_cfg` asks for, for a pipeline of `family` (loaded as
+    `target` says; default: resolved from `run_cfg`)."""
     if family not in FAMILIES:
         raise DiffgentorError(f"unknown pipeline family {family!r}; known: {', '.join(sorted(FAMILIES))}")
-    plan = Plan(family=family)
-    device, dtype = _run_device_and_dtype(run_cfg)
-    target = Target(family, device, dtype)
+    target = target or resolve_target(run_cfg, family)
+    plan = Plan(family=family, target=target)
     for name, cls in sorted(load_all().items(), key=lambda item: (stage_of(item[0]), item[0])):
         settings = cls.select(run_cfg)
         if settings is None:
@@ -135,14 +144,52 @@ def _check_conflicts(plan: Plan) -> None:
             plan.warnings.append(message)
 
 
-def apply_plan(plan: Plan, pipe: Any) -> list[OptimizationRecord]:
-    """Apply every step in order; the records get their evidence after generation (collect_evidence)."""
+@dataclass
+class AppliedOptimizations:
+    """What apply_plan did to one pipeline: the one applier every caller uses (run, tests, benchmarks). As a
+    context manager its exit releases process-wide state (`with apply_plan(plan, pipe) as applied:`)."""
+
+    plan: Plan
+    records: list[OptimizationRecord]
+
+    def __enter__(self) -> "AppliedOptimizations":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+    def evidence_pass(self, pipe: Any) -> Any:
+        """Context manager: the generations inside are measured, not timed (see evidence_pass)."""
+        return evidence_pass(self.plan, pipe)
+
+    def evidence(self, pipe: Any) -> list[dict]:
+        """Measure every optimizer's evidence (after generation); the run.json `optimizations` entries."""
+        collect_evidence(self.plan, pipe, self.records)
+        return [record.to_json() for record in self.records]
+
+    def remove(self, pipe: Any) -> None:
+        """Undo in reverse order; an optimizer that cannot be undone raises NotImplementedError."""
+        for step in reversed(self.plan.steps):
+            step.optimizer.remove(pipe)
+
+    def release(self) -> None:
+        """Every optimizer undoes its process-wide side effects (idempotent; the pipeline stays as it is)."""
+        release_plan(self.plan)
+
+
+def apply_plan(plan: Plan, pipe: Any) -> AppliedOptimizations:
+    """Apply every step in order (a step that fails releases what the others set); the records get their
+    evidence after generation (AppliedOptimizations.evidence)."""
     plan.raise_if_refused()
     records = []
-    for step in plan.steps:
-        step.optimizer.apply(pipe)
-        records.append(OptimizationRecord(name=step.name, params=step.optimizer.params(), applied=True))
-    return records
+    try:
+        for step in plan.steps:
+            step.optimizer.apply(pipe)
+            records.append(OptimizationRecord(name=step.name, params=step.optimizer.params(), applied=True))
+    except BaseException:
+        release_plan(plan)
+        raise
+    return AppliedOptimizations(plan, records)
 
 
 def release_plan(plan: Plan) -> None:
