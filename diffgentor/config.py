@@ -154,7 +154,6 @@ def resolve_config(cfg: Any) -> Any:
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
 
 
-
 def register_configs() -> None:
     """Register the root schema, group schemas and the `dg.env` resolver (idempotent)."""
     from diffgentor.jobdirs import register_job_dir_resolver

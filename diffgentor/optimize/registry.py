@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from diffgentor.families import ALL_FAMILIES
 from diffgentor.optimize.base import Optimizer
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {}
@@ -44,16 +45,10 @@ def register(cls: type[Optimizer]) -> type[Optimizer]:
     if getattr(cls, "stage", None) not in STAGE_ORDER:
         raise ValueError(f"optimizer {cls.name!r} declares no stage of registry.STAGE_ORDER "
                          f"(stage = {getattr(cls, 'stage', None)!r})")
-    if not cls.refused_because and not _serves_all(cls):
+    if not cls.refused_because and not cls.families >= ALL_FAMILIES:
         raise ValueError(f"optimizer {cls.name!r} refuses some families without saying why (refused_because)")
     OPTIMIZERS[cls.name] = cls
     return cls
-
-
-def _serves_all(cls: type[Optimizer]) -> bool:
-    from diffgentor.families import ALL_FAMILIES
-
-    return cls.families >= ALL_FAMILIES
 
 
 def load_all() -> dict[str, type[Optimizer]]:
