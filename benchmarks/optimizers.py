@@ -221,6 +221,7 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
     from an untimed evidence pass where an optimizer needs one."""
     import torch
 
+    from diffgentor.accelerator import end_of_job_cleanup, peak_memory, reset_peak_memory, synchronize
     from diffgentor.optimize import apply_optimizations
     from diffgentor.optimize.plan import needs_evidence_pass
 
@@ -242,17 +243,18 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
                                                             *overrides]))
 
             def image_s() -> float:
-                torch.cuda.synchronize()
+                synchronize("cuda")
                 start = time.perf_counter()
                 pipe(PROMPT, num_inference_steps=opts.gpu_steps, height=1024, width=1024, guidance_scale=3.5,
                      generator=torch.Generator("cpu").manual_seed(0), output_type="pil")
-                torch.cuda.synchronize()
+                synchronize("cuda")
                 return time.perf_counter() - start
 
             warmup_s = image_s()
-            torch.cuda.reset_peak_memory_stats()
+            applied.before_timed_calls(pipe)
+            reset_peak_memory("cuda")
             times = [image_s() for _ in range(opts.images)]
-            peak_gb = torch.cuda.max_memory_allocated() / 2**30
+            peak_gb = peak_memory("cuda")["peak_bytes"] / 2**30
             if needs_evidence_pass(applied.plan):
                 with applied.evidence_pass(pipe):
                     image_s()
@@ -268,9 +270,7 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
             if applied is not None:
                 applied.release()
             pipe = applied = None
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch._dynamo.reset()
+            end_of_job_cleanup("cuda")
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from diffgentor.accelerator import reset_peak_memory, synchronize
 from diffgentor.errors import ConfigError, UnsupportedError
 from diffgentor.prompts import ImageJob
 
@@ -56,26 +56,6 @@ class Timings:
             "images_per_s": self.images_timed / sum(lat),
             "s_per_step": median / steps,
         }
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elif device == "mps":
-        torch.mps.synchronize()
-
-
-def reset_peak_memory(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_memory(device: str) -> dict:
-    """CUDA: max allocated since the reset before generation. CPU: the process's peak RSS (includes load)."""
-    if device.startswith("cuda"):
-        return {"peak_bytes": int(torch.cuda.max_memory_allocated()), "kind": "cuda_max_memory_allocated"}
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_bytes": int(rss_kib) * 1024, "kind": "process_peak_rss"}
 
 
 def _accepts(pipe: Any, name: str) -> bool:
@@ -158,9 +138,10 @@ def compile_guard(settings: GenerationSettings, timed: bool) -> Iterator[None]:
 
 def generate(pipe: Any, batches: list[list[ImageJob]], settings: GenerationSettings,
              on_batch: Callable[[list[ImageJob], list, float], None],
-             progress: Optional[Any] = None) -> Timings:
+             progress: Optional[Any] = None, before_timed: Optional[Callable[[], None]] = None) -> Timings:
     """Warm up on each batch size, then run every batch `repeats` times; `on_batch` gets the images of the
-    last repeat with the median latency of that batch, as soon as they exist (so a later failure keeps them)."""
+    last repeat with the median latency of that batch, as soon as they exist (so a later failure keeps them).
+    `before_timed` runs between the two (the optimizers take out what measured the warmup)."""
     timings = Timings()
     if settings.warmup and batches:
         start = time.perf_counter()
@@ -169,6 +150,8 @@ def generate(pipe: Any, batches: list[list[ImageJob]], settings: GenerationSetti
                 for batch in warmup_batches(batches):
                     run_batch(pipe, batch, settings)
         timings.warmup_s = time.perf_counter() - start
+    if before_timed is not None:
+        before_timed()
     reset_peak_memory(settings.device)
     before = _compile_counts() if settings.compiled else None
     with compile_guard(settings, timed=True):

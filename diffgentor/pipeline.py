@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -144,6 +144,32 @@ def call_parameters(pipeline_class: Optional[str]) -> Optional[frozenset]:
     return frozenset(inspect.signature(cls.__call__).parameters) if cls is not None else None
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def hub_failure_reason(exc: BaseException) -> str:
+    """Why the hub refused, from the error diffusers wraps (it re-raises the hub's answer as an
+    EnvironmentError about the cache): a gated repo needs its licence accepted, not a download."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    for cause in _causes(exc):
+        if isinstance(cause, GatedRepoError):
+            return ("the repository is gated; accept its licence on its hub page with your account, then log in "
+                    "here (hf auth login, or set HF_TOKEN)")
+        if isinstance(cause, RevisionNotFoundError):
+            return "no such revision there; check model.revision"
+        if isinstance(cause, RepositoryNotFoundError):
+            return ("no such repository, or it is private; check the id, or log in (hf auth login, or set "
+                    "HF_TOKEN) with an account that can read it")
+    return ("not in the local Hugging Face cache and the hub is unreachable or the id is wrong; download it "
+            "first (hf download ID) or set model.path to a local diffusers folder")
+
+
 def load_pipeline(source: ModelSource, model_cfg: Any, dtype: torch.dtype) -> Any:
     """from_pretrained with safetensors only and no remote code; hub failures become one clear line."""
     from diffusers import DiffusionPipeline
@@ -158,11 +184,7 @@ def load_pipeline(source: ModelSource, model_cfg: Any, dtype: torch.dtype) -> An
     except (OSError, ValueError, EnvironmentError) as exc:
         if source.is_local:
             raise ModelLoadError(f"could not load {source.location}: {str(exc).splitlines()[0]}") from exc
-        raise ModelLoadError(
-            f"could not load hub model {source.location}: not in the local Hugging Face cache and the hub is "
-            "unreachable or the id is wrong; download it first (hf download ID) or set model.path to a "
-            "local diffusers folder"
-        ) from exc
+        raise ModelLoadError(f"could not load hub model {source.location}: {hub_failure_reason(exc)}") from exc
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)

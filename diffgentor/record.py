@@ -128,11 +128,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The optional packages that decide which kernels an optimization ran (pip names; read from their metadata,
+#: never imported: importing flash-attn or triton costs seconds and can fail where the version is still useful).
+KERNEL_PACKAGES = ("flash-attn", "flash_attn_3", "sageattention", "xformers", "triton", "kernels", "cache-dit",
+                   "DeepCache")
+
+
 def environment(device: str) -> dict:
     """Versions and hardware that a reader needs to compare this run with another."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    from diffgentor.accelerator import gpu_facts
+
+    gpu = gpu_facts(device)
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -143,8 +151,10 @@ def environment(device: str) -> dict:
         "hydra": _version("hydra-core"),
         "diffgentor": _version("diffgentor"),
         "device": device,
-        "device_name": torch.cuda.get_device_name() if cuda and device.startswith("cuda") else _cpu_name(),
+        "device_name": gpu["name"] if gpu else _cpu_name(),
+        "gpu": gpu,
         "cuda": torch.version.cuda,
+        "kernel_packages": {package: _version(package) for package in KERNEL_PACKAGES},
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -18,10 +19,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from diffgentor.accelerator import end_of_job_cleanup, peak_memory
 from diffgentor.config import resolve_config
 from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
-from diffgentor.generate import GenerationSettings, generate, peak_memory, run_batch
+from diffgentor.generate import GenerationSettings, generate, run_batch
 from diffgentor.optimize.base import Target
 from diffgentor.optimize.plan import AppliedOptimizations, Plan, apply_plan, build_plan, needs_evidence_pass
 from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor,
@@ -147,7 +149,12 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         except BaseException as exc:
             record.finish("interrupted" if interrupt_of(exc) else "failed", error=failure_message(exc))
             log.info("run ended: %s", record.data["error"])
+            # the traceback would keep the loaded pipeline (a local of a finished frame) alive for as long as
+            # the exception lives: in a multirun Hydra keeps it with the job's result, GPU memory included
+            traceback.clear_frames(exc.__traceback__)
             raise
+        finally:
+            end_of_job_cleanup(device)  # the pipeline is gone; the next job of a sweep starts as a fresh process
     record.finish("ok")
     log.info("run ok: %d images, record %s", len(record.data["images"]), record.path)
     return record.data
@@ -196,7 +203,8 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job
 
         total = sum(len(b) for b in job_batches)
         with tqdm(total=total, desc="images", unit="img", disable=not run_cfg.progress) as bar:
-            timings = generate(pipe, job_batches, settings, keep, progress=bar)
+            timings = generate(pipe, job_batches, settings, keep, progress=bar,
+                               before_timed=lambda: applied.before_timed_calls(pipe))
         evidence_run = _evidence_pass(pipe, applied, job_batches[0], settings, first_images) if job_batches else None
         optimizations = applied.evidence(pipe)
         latency = timings.summary(settings.steps)["latency_s"]

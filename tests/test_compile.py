@@ -116,6 +116,9 @@ def test_compile_with_a_cache_is_compile_clean_in_the_timed_calls(compile_overri
     assert 0 < cache["compute_fraction"] < 1
     assert records["compile"]["evidence"]["dynamo"]["graphs"] > 0
     assert data["evidence_pass"]["images"] == 2  # the first batch (a last batch of 1 was warmed up too)
+    # the call timer measured the warmup only (2 batch sizes x 8 steps), not the 2 x 2 timed calls after it
+    timing = records["compile"]["evidence"]["timing"]["transformer"]
+    assert timing["measured_in"] == "warmup" and timing["calls"] == 2 * 8
 
 
 @pytest.mark.slow

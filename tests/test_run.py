@@ -162,6 +162,30 @@ def test_unknown_hub_id_offline_is_one_line(tmp_path, testbed_cache):
     assert data["status"] == "failed"
 
 
+@pytest.mark.parametrize("error_class, reason", [
+    ("GatedRepoError", "the repository is gated; accept its licence"),
+    ("RepositoryNotFoundError", "no such repository, or it is private"),
+])
+def test_a_gated_or_missing_hub_repo_says_what_to_do(error_class, reason, make_config, tmp_path, monkeypatch):
+    """The hub's answer, as diffusers' real download path wraps it (an EnvironmentError about the cache)."""
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+    import huggingface_hub.errors as hub_errors
+    from huggingface_hub.errors import HfHubHTTPError
+
+    http = __import__(HfHubHTTPError.__mro__[1].__module__.split(".")[0])  # the hub's HTTP client (httpx2)
+    response = http.Response(401, request=http.Request("GET", "https://huggingface.co/api/models/org/model"))
+
+    def refuse(repo_id, **kwargs):
+        raise getattr(hub_errors, error_class)(f"401 for {repo_id}", response=response)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(pipeline_utils, "model_info", refuse)
+    with pytest.raises(ModelLoadError) as failed:
+        execute(make_config(["model.path=org/model", "model.family=flux"]), tmp_path / "run", [])
+    assert str(failed.value).startswith(f"could not load hub model org/model: {reason}")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

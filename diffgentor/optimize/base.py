@@ -10,7 +10,8 @@ Its life in a run:
 1. `select(run_cfg)` returns its settings when the config asks for it, else None.
 2. `check(family)` raises UnsupportedError / MissingPackageError BEFORE any weights load (packages,
    pipeline-family specifics beyond the table in compat.py).
-3. `apply(pipe)` changes the loaded pipeline in place.
+3. `apply(pipe)` changes the loaded pipeline in place; `before_timed_calls(pipe)` takes out, after the
+   warmup, what measured the warmup (compile's first-call timer), so the timed calls carry nothing of ours.
 4. `instrument(pipe)` / `uninstrument(pipe)` bracket the evidence pass (one more generation after the timed
    calls) for what can only be measured by wrapping code; `evidence(pipe)` then returns measured facts
    proving it took effect (counts, flags, fused modules, compile time). It must not be empty.
@@ -107,6 +108,10 @@ class Optimizer:
 
     def apply(self, pipe: Any) -> None:
         raise NotImplementedError
+
+    def before_timed_calls(self, pipe: Any) -> None:
+        """The warmup is over: take out whatever measured it (compile's call timer), so that the timed calls
+        run what a user would run without diffgentor."""
 
     def instrument(self, pipe: Any) -> None:
         """Attach what measures this optimizer's effect for the evidence pass, which runs after the timed

@@ -2,7 +2,8 @@
 
 Full mode compiles each component's call in place (what `nn.Module.compile` does), wrapped in a timer that runs
 outside the compiled region; regional mode compiles only the repeated blocks (diffusers'
-`compile_repeated_blocks`) and times the component with forward hooks. The evidence holds the first call's
+`compile_repeated_blocks`) and times the component with forward hooks. The timers run during the warmup only
+(taken out before the timed calls, which run the compiled code bare). The evidence holds the first call's
 time (it includes compilation), the steady per-call time after it, and the dynamo counters the run added:
 graphs, frames compiled, graph breaks and their reasons. No graph compiled during the run is an error.
 """
@@ -74,19 +75,21 @@ class CompileSettings:
 
 
 class CallTimer:
-    """Wall time of every call of one component (synchronised on CUDA); the first call includes compiling."""
+    """Wall time of each call of one component until the timed calls begin (synchronised on the run's device:
+    the warmup is not timed); the first call includes compiling."""
 
     def __init__(self, device: str):
-        import torch
+        from diffgentor.accelerator import synchronize
 
         self.device = device
         self.durations_s: list[float] = []
         self._start = 0.0
-        self._synchronize = torch.cuda.synchronize if device.startswith("cuda") else None
+        self._synchronize = synchronize
+        #: Set when the timer was taken out before the timed calls: what it holds is the warmup's calls.
+        self.stopped_before_timed_calls = False
 
     def _sync(self) -> None:
-        if self._synchronize is not None:
-            self._synchronize()
+        self._synchronize(self.device)
 
     def start(self, *_: Any) -> None:
         self._sync()
@@ -105,11 +108,15 @@ class CallTimer:
         return timed
 
     def summary(self) -> dict:
+        measured = {"measured_in": "warmup" if self.stopped_before_timed_calls else "every call"}
         if not self.durations_s:
-            return {"calls": 0}
+            return {"calls": 0, **measured,
+                    **({"note": "no warmup to time: compiling is inside the first timed call"}
+                       if self.stopped_before_timed_calls else {})}
         first, rest = self.durations_s[0], self.durations_s[1:]
         steady = statistics.median(rest) if rest else None
         return {
+            **measured,
             "calls": len(self.durations_s),
             "first_call_s": first,
             "steady_call_s": steady,
@@ -196,6 +203,7 @@ class Compile(Optimizer):
         self._timers: dict[str, CallTimer] = {}
         self._handles: list = []
         self._compiled: dict[str, list] = {}
+        self._bare_calls: dict[str, Callable] = {}
         options = {"mode": s.mode, "fullgraph": s.fullgraph, "dynamic": s.dynamic}
         for name, module in components.items():
             timer = self._timers[name] = CallTimer(self.device)
@@ -204,8 +212,20 @@ class Compile(Optimizer):
                 self._handles += [module.register_forward_pre_hook(timer.start),
                                   module.register_forward_hook(timer.stop)]
             else:
-                module._compiled_call_impl = timer.wrap(torch.compile(module._call_impl, **options))
+                compiled = self._bare_calls[name] = torch.compile(module._call_impl, **options)
+                module._compiled_call_impl = timer.wrap(compiled)
                 self._compiled[name] = [module]
+
+    def before_timed_calls(self, pipe: Any) -> None:
+        """The timers measured the warmup (the first call compiles, the later ones are steady); the timed calls
+        run the compiled code bare: no timer, no device sync per call."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for name, compiled in self._bare_calls.items():
+            self._compiled[name][0]._compiled_call_impl = compiled
+        for timer in self._timers.values():
+            timer.stopped_before_timed_calls = True
 
     @staticmethod
     def _compile_blocks(name: str, module: Any, options: dict) -> list:
@@ -234,7 +254,8 @@ class Compile(Optimizer):
         added = {k: after[k] - self._before[k] for k in ("graphs", "frames_compiled", "graph_breaks")}
         if added["graphs"] <= 0:
             raise UnsupportedError("compile: no graph was compiled during the run, so compile had no effect")
-        idle = [name for name, timer in self._timers.items() if not timer.durations_s]
+        idle = [name for name, timer in self._timers.items()
+                if not timer.durations_s and not timer.stopped_before_timed_calls]
         if idle:
             raise UnsupportedError(f"compile: {', '.join(idle)} was compiled but never called during the run; "
                                    "drop it from compile.components")

@@ -158,6 +158,11 @@ class AppliedOptimizations:
     def __exit__(self, *exc_info: Any) -> None:
         self.release()
 
+    def before_timed_calls(self, pipe: Any) -> None:
+        """Between warmup and the timed calls: every optimizer takes out what measured the warmup."""
+        for step in self.plan.steps:
+            step.optimizer.before_timed_calls(pipe)
+
     def evidence_pass(self, pipe: Any) -> Any:
         """Context manager: the generations inside are measured, not timed (see evidence_pass)."""
         return evidence_pass(self.plan, pipe)
