@@ -3,7 +3,8 @@
 diffusers picks the kernel in `attention_dispatch.dispatch_attention_fn`, but only processors that call it
 honour `set_attention_backend`; on SD/SDXL/PixArt/SD3 the processors are first switched to dispatcher-based
 twins (attention_processors.py), so the setting never silently does nothing. The evidence counts the calls
-that reached the chosen backend's function during the run; zero is an error.
+that reached the chosen backend's function during the evidence pass (the counter sits in diffusers' backend
+registry only then, never in the timed calls); zero is an error.
 """
 
 from __future__ import annotations
@@ -98,22 +99,16 @@ class _CountingBackend:
     """Stands in for one backend function in diffusers' registry and counts the calls that reach it.
 
     `dispatch_attention_fn` looks the function up at every call, so every attention computed with this backend
-    passes here, also inside torch.compile'd graphs (see call_counter.py).
+    passes here. Installed for the evidence pass only, which runs compiled modules eager.
     """
 
     def __init__(self, fn: Callable):
-        from diffgentor.optimize.call_counter import CallCounter
-
         self.fn = fn
-        self.counter = CallCounter()
+        self.calls = 0
 
     def __call__(self, **kwargs: Any) -> Any:
-        self.counter.bump()
+        self.calls += 1
         return self.fn(**kwargs)
-
-    @property
-    def calls(self) -> int:
-        return self.counter.calls
 
 
 @register
@@ -188,15 +183,25 @@ class AttentionBackend(Optimizer):
         # set_attention_backend also makes it diffusers' process-wide default, which any other Flux-like model
         # (the next sweep job's baseline) would then silently follow; the processors hold it explicitly.
         _AttentionBackendRegistry.set_active_backend(previous_active)
+        self._modules = len(attention_modules(model))
+        self._counter: Optional[_CountingBackend] = None
+
+    def instrument(self, pipe: Any) -> None:
+        """For the evidence pass: count, in diffusers' backend registry, the calls that reach the backend."""
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
         key = AttentionBackendName(self.backend.diffusers_name)
         self._counter = _CountingBackend(_AttentionBackendRegistry._backends[key])
         _AttentionBackendRegistry._backends[key] = self._counter
-        self._modules = len(attention_modules(model))
+
+    def uninstrument(self, pipe: Any) -> None:
+        self.release()
 
     def evidence(self, pipe: Any) -> dict:
         from diffgentor.optimize.attention_processors import attention_modules
-        from diffgentor.optimize.call_counter import counts_inside_compiled
 
+        if self._counter is None:
+            raise UnsupportedError("attention: no evidence pass ran, so no attention call was counted")
         _, model = denoiser_of(pipe)
         evidence = {
             "backend": self.backend.diffusers_name,
@@ -208,20 +213,18 @@ class AttentionBackend(Optimizer):
                 self.backend.diffusers_name),
             "processors_rerouted": self._replaced,
             "dispatcher_calls": self._counter.calls,
+            "measured_in": "evidence pass",
         }
         if self._counter.calls > 0:
             return evidence
-        if not counts_inside_compiled() and evidence["modules_set_to_backend"] == self._modules:
-            evidence["warnings"] = ["calls inside CUDA-graph compiled code are not counted (counting would disable "
-                                    "the CUDA graphs); the evidence is the processors' backend setting"]
-            return evidence
         raise UnsupportedError(
             f"attention={self.option}: no attention call reached the '{self.backend.diffusers_name}' backend "
-            f"during the run, so the setting had no effect on {self._component}"
+            f"during the evidence pass, so the setting had no effect on {self._component}"
         )
 
     def release(self) -> None:
-        """Put the backend's own function back in diffusers' registry (the counting window ends)."""
+        """Put the backend's own function back in diffusers' registry (the counting window ends); what was
+        counted stays readable."""
         from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
         counter = getattr(self, "_counter", None)

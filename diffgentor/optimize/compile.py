@@ -167,13 +167,17 @@ class Compile(Optimizer):
         return cls.active_group(run_cfg)
 
     def tags(self) -> set[str]:
-        """"compile:cuda_graphs" for the modes that capture CUDA graphs, "compile:regional" for regional
-        compile (the declared conflicts refuse what cannot combine with them)."""
+        """"compile:cuda_graphs" for the modes that capture CUDA graphs, "compile:regional" or "compile:whole"
+        (whole components), "compile:fullgraph" and "compile:whole_fullgraph" (the declared conflicts refuse
+        what cannot combine with them; the caches declare theirs)."""
         tags = {self.name}
         if self.settings.mode in CUDA_GRAPH_MODES:
             tags.add("compile:cuda_graphs")
-        if self.settings.regional:
-            tags.add("compile:regional")
+        tags.add("compile:regional" if self.settings.regional else "compile:whole")
+        if self.settings.fullgraph:
+            tags.add("compile:fullgraph")
+            if not self.settings.regional:
+                tags.add("compile:whole_fullgraph")
         return tags
 
     def check(self, family: str) -> None:
@@ -187,8 +191,6 @@ class Compile(Optimizer):
     def apply(self, pipe: Any) -> None:
         import torch
 
-        from diffgentor.optimize.call_counter import counting_inside_compiled
-
         s = self.settings
         self._mapping = component_mapping(s.components, pipe)
         components = resolve_components("compile.components", s.components, pipe)
@@ -197,8 +199,6 @@ class Compile(Optimizer):
                 components[name] = getattr(components[name], attr)
                 self._mapping = {k: f"{v}.{attr}" if v == name else v for k, v in self._mapping.items()}
         self._set_inductor_flags()
-        if s.mode in CUDA_GRAPH_MODES and self.device.startswith("cuda"):
-            counting_inside_compiled(False)
         self._before = dynamo_counters()
         self._timers: dict[str, CallTimer] = {}
         self._handles: list = []
@@ -277,13 +277,10 @@ class Compile(Optimizer):
         return evidence
 
     def release(self) -> None:
-        """Inductor flags and in-graph call counting back to what they were before this run."""
-        from diffgentor.optimize.call_counter import counting_inside_compiled
-
+        """Inductor flags back to what they were before this run."""
         config = _inductor_config()
         for flag, value in getattr(self, "_previous_flags", {}).items():
             setattr(config, flag, value)
-        counting_inside_compiled(True)
 
     def remove(self, pipe: Any) -> None:
         for handle in self._handles:

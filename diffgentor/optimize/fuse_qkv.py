@@ -1,7 +1,8 @@
 """Fused QKV projections (`fuse_qkv=true`): one matmul for query, key and value instead of three.
 
 Applied with the models' own `fuse_qkv_projections()` on the denoiser and on the VAE where it has attention,
-then verified: the fused layers must exist, and the evidence counts how often they ran. Where diffusers
+then verified: the fused layers must exist, and the evidence counts how often they ran in the evidence pass
+(forward hooks attached for it only, never in the timed calls). Where diffusers
 fuses nothing (Sana, QwenImage) the compatibility table refuses it before load.
 
 SD3 repair: diffusers' FusedJointAttnProcessor2_0 drops the qk-norms (SD3.5 changes output, measured max
@@ -62,9 +63,9 @@ class FuseQKV(Optimizer):
         from diffgentor.optimize.attention_processors import attention_modules, replace_processors
         from diffgentor.optimize.targets import denoiser_of, family_of
 
-        self._counters: dict[str, Any] = {}
+        self._layers: dict[str, dict[str, Any]] = {}
+        self._calls: dict[str, int] = {}
         self._handles: list = []
-        self._fused: dict[str, dict[str, int]] = {}
         self._sd3_repaired = 0
         attr, model = denoiser_of(pipe)
         model.fuse_qkv_projections()
@@ -78,37 +79,46 @@ class FuseQKV(Optimizer):
             self._watch("vae", vae, required=False)
 
     def _watch(self, name: str, model: Any, required: bool) -> None:
-        from diffgentor.optimize.call_counter import CallCounter
-
         layers = fused_layers(model)
         if not layers and required:
             raise UnsupportedError(
                 f"fuse_qkv: {type(model).__name__}.fuse_qkv_projections() created no fused projection; "
                 "set fuse_qkv=false for this model"
             )
-        self._fused[name] = count_by_kind(layers)
-        counter = self._counters[name] = CallCounter()
-        self._handles += [layer.register_forward_hook(counter.bump) for layer in layers.values()]
+        self._layers[name] = layers
+
+    def instrument(self, pipe: Any) -> None:
+        """For the evidence pass: count the calls of the fused layers."""
+        for name, layers in self._layers.items():
+            self._calls[name] = 0
+            self._handles += [layer.register_forward_hook(self._counting(name)) for layer in layers.values()]
+
+    def _counting(self, name: str) -> Any:
+        def bump(*_: Any) -> None:
+            self._calls[name] += 1
+        return bump
+
+    def uninstrument(self, pipe: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def evidence(self, pipe: Any) -> dict:
-        from diffgentor.optimize.call_counter import counts_inside_compiled
         from diffgentor.optimize.targets import denoiser_of
 
-        calls = {name: counter.calls for name, counter in self._counters.items()}
         attr, _ = denoiser_of(pipe)
-        if calls.get(attr, 0) == 0 and counts_inside_compiled():
+        if attr not in self._calls:
+            raise UnsupportedError("fuse_qkv: no evidence pass ran, so no fused layer call was counted")
+        if self._calls[attr] == 0:
             raise UnsupportedError(f"fuse_qkv: the fused projections of {attr} exist but never ran: its attention "
                                    "processors ignore them")
-        evidence = {"fused_layers": self._fused, "fused_layer_calls": calls}
-        if calls.get(attr, 0) == 0:
-            evidence["warnings"] = ["calls inside CUDA-graph compiled code are not counted (counting would disable "
-                                    "the CUDA graphs); the evidence is the fused layers' presence"]
+        evidence = {"fused_layers": {name: count_by_kind(layers) for name, layers in self._layers.items()},
+                    "fused_layer_calls": dict(self._calls), "measured_in": "evidence pass"}
         if self._sd3_repaired:
             evidence["sd3_processors_repaired"] = self._sd3_repaired
         return evidence
 
     def remove(self, pipe: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for name in self._fused:
+        self.uninstrument(pipe)
+        for name in self._layers:
             getattr(pipe, name).unfuse_qkv_projections()

@@ -2,8 +2,9 @@
 the pipeline-level switches).
 
 Both only change anything when the decode is split: slicing when a batch holds more than one image, tiling
-when the latents exceed the VAE's tile size. The evidence counts top-level decodes and decoder passes; equal
-counts mean nothing was split, which the run records as a warning.
+when the latents exceed the VAE's tile size. The evidence counts top-level decodes and decoder passes in the
+evidence pass (the counter is attached for it only); equal counts mean nothing was split, which the run records
+as a warning.
 """
 
 from __future__ import annotations
@@ -44,30 +45,25 @@ class DecodeCounter:
     """Counts `vae.decode` calls and decoder passes (one per slice or tile) while installed."""
 
     def __init__(self, vae: Any):
-        from diffgentor.optimize.call_counter import CallCounter
-
         self.vae = vae
-        self._decodes, self._passes = CallCounter(), CallCounter()
+        self.decode_calls = self.decoder_passes = 0
         original_decode = vae.decode
 
         def decode(*args: Any, **kwargs: Any) -> Any:
-            self._decodes.bump()
+            self.decode_calls += 1
             return original_decode(*args, **kwargs)
 
         vae.decode = decode
-        self._handle = vae.decoder.register_forward_hook(self._passes.bump)
+        self._handle = vae.decoder.register_forward_hook(self._count_pass)
 
-    @property
-    def decode_calls(self) -> int:
-        return self._decodes.calls
-
-    @property
-    def decoder_passes(self) -> int:
-        return self._passes.calls
+    def _count_pass(self, *_: Any) -> None:
+        self.decoder_passes += 1
 
     def remove(self) -> None:
-        self._handle.remove()
-        del self.vae.decode  # the instance attribute; the class method shows through again
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            del self.vae.decode  # the instance attribute; the class method shows through again
 
 
 class _VaeOption(Optimizer):
@@ -83,15 +79,27 @@ class _VaeOption(Optimizer):
             raise UnsupportedError(f"{self.name}: {type(pipe).__name__} has no VAE with enable_{self.switch}()")
         self.configure(vae)
         getattr(vae, f"enable_{self.switch}")()
-        self._counter = DecodeCounter(vae)
+        self._vae = vae
+        self._counter: Optional[DecodeCounter] = None
+
+    def instrument(self, pipe: Any) -> None:
+        """For the evidence pass: count decodes and decoder passes."""
+        self._counter = DecodeCounter(self._vae)
+
+    def uninstrument(self, pipe: Any) -> None:
+        if self._counter is not None:
+            self._counter.remove()
 
     def configure(self, vae: Any) -> None:
         """Option-specific settings on the VAE, before the switch is turned on."""
 
     def evidence(self, pipe: Any) -> dict:
         c = self._counter
+        if c is None:
+            raise UnsupportedError(f"{self.name}: no evidence pass ran, so no decode was counted")
         evidence = {f"use_{self.switch}": bool(getattr(pipe.vae, f"use_{self.switch}")),
-                    "decode_calls": c.decode_calls, "decoder_passes": c.decoder_passes}
+                    "decode_calls": c.decode_calls, "decoder_passes": c.decoder_passes,
+                    "measured_in": "evidence pass"}
         if c.decoder_passes <= c.decode_calls:
             evidence["warnings"] = [f"no decode was split into {self.unit} in this run ({self.idle_reason()}): "
                                     f"{self.name} saved no memory"]
@@ -101,7 +109,7 @@ class _VaeOption(Optimizer):
         raise NotImplementedError
 
     def remove(self, pipe: Any) -> None:
-        self._counter.remove()
+        self.uninstrument(pipe)
         getattr(pipe.vae, f"disable_{self.switch}")()
 
 
@@ -153,5 +161,5 @@ class VaeTiling(_VaeOption):
         return getattr(vae, "tile_sample_min_size", getattr(vae, "tile_sample_min_height", None))
 
     def idle_reason(self) -> str:
-        size = self.tile_px(self._counter.vae) or "?"
+        size = self.tile_px(self._vae) or "?"
         return f"images were not larger than the {size} px tile; lower memory.tile_sample_min_size_px"
