@@ -111,6 +111,9 @@ def main() -> None:
 
     if print_app_help(sys.argv[1:]):
         return
+    from diffgentor.record import session_id
+
+    session_id()  # before any job or launcher starts: every job of this invocation shares it
     sys.argv[1:] = exclude_constant_overrides(sys.argv[1:])
     hydra_app()
     code = take_sweep_exit_code()

@@ -71,10 +71,13 @@ class BenchmarkConfig:
     `warmup` defaults to 1 on every device: the first call of a freshly loaded pipeline pays one-time costs
     (CUDA kernel selection, allocator growth, lazy init, compilation) that are not steady-state latency.
     `repeats` times every batch that many times; latency is the median over all timed calls.
+    `min_timed_calls` (default 3) repeats the batches evenly when they are fewer, so that even a one-image
+    run's latency has a spread (min, max over the timed calls) to tell a difference from noise.
     """
 
     warmup: int = 1
     repeats: int = 1
+    min_timed_calls: int = 3
 
 
 @dataclass

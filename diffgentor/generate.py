@@ -27,6 +27,8 @@ class GenerationSettings:
     warmup: int
     repeats: int
     extra_kwargs: dict = field(default_factory=dict)
+    #: At least this many timed calls: fewer batches are each repeated more (see repeats_per_batch).
+    min_timed_calls: int = 1
     #: torch.compile is applied: a recompile during the timed calls (after warmup) fails the run, and so does
     #: hitting dynamo's recompile limit (past it dynamo would run the code eager, silently).
     compiled: bool = False
@@ -37,6 +39,8 @@ class Timings:
     warmup_s: float = 0.0
     call_latencies_s: list[float] = field(default_factory=list)
     images_timed: int = 0
+    #: Timed calls per batch (benchmark.repeats, raised to reach benchmark.min_timed_calls).
+    repeats: int = 1
     #: With torch.compile: graphs and frames dynamo compiled during the timed calls (0 and 0 when clean).
     compiled_in_timed_calls: Optional[dict] = None
 
@@ -92,6 +96,12 @@ def run_batch(pipe: Any, batch: list[ImageJob], settings: GenerationSettings) ->
     return images, time.perf_counter() - start
 
 
+def repeats_per_batch(settings: GenerationSettings, n_batches: int) -> int:
+    """`repeats`, raised so that all batches together make at least `min_timed_calls` timed calls: a latency
+    measured once has no spread, and without one a difference cannot be told from noise."""
+    return max(settings.repeats, -(-settings.min_timed_calls // max(n_batches, 1)))
+
+
 def warmup_batches(batches: list[list[ImageJob]]) -> list[list[ImageJob]]:
     """The first batch of each batch size: a smaller last batch is another input shape, which a compiled
     pipeline would otherwise meet (and compile for) inside a timed call."""
@@ -139,7 +149,7 @@ def compile_guard(settings: GenerationSettings, timed: bool) -> Iterator[None]:
 def generate(pipe: Any, batches: list[list[ImageJob]], settings: GenerationSettings,
              on_batch: Callable[[list[ImageJob], list, float], None],
              progress: Optional[Any] = None, before_timed: Optional[Callable[[], None]] = None) -> Timings:
-    """Warm up on each batch size, then run every batch `repeats` times; `on_batch` gets the images of the
+    """Warm up on each batch size, then run every batch repeats_per_batch times; `on_batch` gets the images of the
     last repeat with the median latency of that batch, as soon as they exist (so a later failure keeps them).
     `before_timed` runs between the two (the optimizers take out what measured the warmup)."""
     timings = Timings()
@@ -154,14 +164,15 @@ def generate(pipe: Any, batches: list[list[ImageJob]], settings: GenerationSetti
         before_timed()
     reset_peak_memory(settings.device)
     before = _compile_counts() if settings.compiled else None
+    repeats = timings.repeats = repeats_per_batch(settings, len(batches))
     with compile_guard(settings, timed=True):
         for batch in batches:
             latencies = []
-            for _ in range(settings.repeats):
+            for _ in range(repeats):
                 images, seconds = run_batch(pipe, batch, settings)
                 latencies.append(seconds)
             timings.call_latencies_s.extend(latencies)
-            timings.images_timed += len(batch) * settings.repeats
+            timings.images_timed += len(batch) * repeats
             on_batch(batch, images, statistics.median(latencies))
             if progress is not None:
                 progress.update(len(batch))

@@ -24,6 +24,17 @@ from diffgentor.errors import NO_SPACE, DiffgentorError
 RUN_FILE = "run.json"
 IMAGES_DIR = "images"
 SLUG_MAX_CHARS = 48
+#: Names one invocation of diffgentor; set once by the first process and inherited by the processes it
+#: starts (Hydra's joblib / submitit workers), so a sweep summary can tell jobs timed in another session (a
+#: resume) apart.
+SESSION_VARIABLE = "DIFFGENTOR_SESSION"
+
+
+def session_id() -> str:
+    """This invocation's id: the inherited one, else a new one (set for the processes started from here)."""
+    import uuid
+
+    return os.environ.setdefault(SESSION_VARIABLE, uuid.uuid4().hex[:12])
 
 
 def finite_only(data: Any) -> Any:
@@ -150,6 +161,8 @@ def environment(device: str) -> dict:
         "accelerate": _version("accelerate"),
         "hydra": _version("hydra-core"),
         "diffgentor": _version("diffgentor"),
+        "host": platform.node(),
+        "session": session_id(),
         "device": device,
         "device_name": gpu["name"] if gpu else _cpu_name(),
         "gpu": gpu,

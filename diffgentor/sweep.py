@@ -4,7 +4,10 @@ In the sweep folder: summary.csv / summary.json (one row per job), summary.md (t
 baseline and the failures spelled out), pareto.png (speedup vs PSNR, Pareto front marked) and grid.png
 (prompts x configurations). Quality is measured against the baseline job's image for the same prompt and
 seed, with torchmetrics: PSNR (pooled over the job's images) and SSIM (mean) always, LPIPS where its weights
-are on this machine. Speedup = the baseline's median latency per image / the job's.
+are on this machine. Speedup = the baseline's median latency per image / the job's, with its range from the
+latencies' spread (the baseline's min / the job's max to the baseline's max / the job's min). A speedup whose
+latency range overlaps the baseline's is within noise; it, a speedup measured without a spread, and a job
+whose caches skipped nothing are never starred on the Pareto front.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from diffgentor.resume import VOLATILE_KEYS, config_hash, load_record
 SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD = "summary.csv", "summary.json", "summary.md"
 PARETO_PNG, GRID_PNG = "pareto.png", "grid.png"
 #: One row per job, in this order (csv header, json keys, and what summary.md shows a selection of).
-COLUMNS = ("job", "label", "status", "latency_median_s", "speedup", "compute_fraction", "peak_bytes",
-           "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto",
+COLUMNS = ("job", "label", "status", "latency_median_s", "latency_min_s", "latency_max_s", "latency_n",
+           "speedup", "speedup_min", "speedup_max", "noise", "compute_fraction", "peak_bytes", "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto",
            "load_s", "optimize_s", "warmup_s", "overrides", "error", "folder", "config_hash")
 #: grid.png shows at most this many prompt/seed rows (the first ones of the baseline).
 GRID_MAX_ROWS = 8
 NA = "n/a"
+#: The `noise` column: how a job's speedup stands against the spread of the two latencies it divides.
+BEYOND_NOISE, WITHIN_NOISE, NO_SPREAD = "beyond noise", "within noise", "no spread"
 
 
 class SweepError(DiffgentorError):
@@ -55,12 +60,17 @@ class Job:
     def overrides(self) -> list[str]:
         return [str(o) for o in self.record.get("overrides", [])]
 
-    def latency_per_image_s(self) -> Optional[float]:
-        """Median latency of one pipeline call divided by the images one call makes (batch_size)."""
+    def latency_per_image_s(self, statistic: str = "median") -> Optional[float]:
+        """Latency of one pipeline call (its median, min or max over the timed calls) divided by the images one
+        call makes (batch_size)."""
         latency = (self.record.get("timings") or {}).get("latency_s") or {}
         batch = (self.record.get("config") or {}).get("batch_size") or 1
-        median = latency.get("median")
-        return median / batch if median else None
+        value = latency.get(statistic)
+        return value / batch if isinstance(value, (int, float)) and value > 0 else None
+
+    @property
+    def timed_calls(self) -> int:
+        return int(((self.record.get("timings") or {}).get("latency_s") or {}).get("n") or 0)
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -277,18 +287,47 @@ def pareto_front(points: dict[int, tuple[float, float]]) -> set[int]:
     return front
 
 
+def speedup_against(job: Job, baseline: Job) -> dict:
+    """The job's speedup over the baseline, its range from both latencies' spreads, and whether it stands
+    beyond that noise (both timed more than once, and the latency ranges do not overlap)."""
+    median, base = job.latency_per_image_s(), baseline.latency_per_image_s()
+    if not (job.ok and baseline.ok and median and base):
+        return {"speedup": None, "speedup_min": None, "speedup_max": None, "noise": None}
+    lo, hi = job.latency_per_image_s("min"), job.latency_per_image_s("max")
+    base_lo, base_hi = baseline.latency_per_image_s("min"), baseline.latency_per_image_s("max")
+    if None in (lo, hi, base_lo, base_hi):
+        return {"speedup": base / median, "speedup_min": None, "speedup_max": None, "noise": NO_SPREAD}
+    low, high = base_lo / hi, base_hi / lo
+    if job is not baseline and min(job.timed_calls, baseline.timed_calls) < 2:
+        noise = NO_SPREAD
+    else:
+        noise = WITHIN_NOISE if low <= 1.0 <= high else BEYOND_NOISE
+    return {"speedup": base / median, "speedup_min": low, "speedup_max": high, "noise": noise}
+
+
+def _skipped_nothing(row: dict) -> bool:
+    return row["compute_fraction"] is not None and row["compute_fraction"] >= 1.0 - 1e-9
+
+
+def pareto_eligible(row: dict, baseline: Optional[int]) -> bool:
+    """The baseline, and jobs whose speedup stands beyond noise and that skipped something if they cache."""
+    return row["job"] == baseline or (row["noise"] == BEYOND_NOISE and not _skipped_nothing(row))
+
+
 def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[dict]:
-    base_latency = baseline.latency_per_image_s() if baseline is not None and baseline.ok else None
-    base_pixels = decoded_images(baseline) if baseline is not None and baseline.ok else None
+    base_ok = baseline is not None and baseline.ok
+    base_pixels = decoded_images(baseline) if base_ok else None
     rows = []
     for job in jobs:
         pixels = base_pixels if job is baseline and base_pixels is not None else decoded_images(job)
         record, timings = job.record, job.record.get("timings") or {}
-        latency = job.latency_per_image_s()
+        latency = timings.get("latency_s") or {}
         row = {
             "job": job.num, "label": job.label, "status": record.get("status", "unknown"),
-            "latency_median_s": ((timings.get("latency_s") or {}).get("median")),
-            "speedup": base_latency / latency if base_latency and latency and job.ok else None,
+            "latency_median_s": latency.get("median"), "latency_min_s": latency.get("min"),
+            "latency_max_s": latency.get("max"), "latency_n": latency.get("n"),
+            **(speedup_against(job, baseline) if base_ok else
+               {"speedup": None, "speedup_min": None, "speedup_max": None, "noise": None}),
             "compute_fraction": _compute_fraction(record),
             "peak_bytes": (record.get("memory") or {}).get("peak_bytes"),
             "memory_kind": (record.get("memory") or {}).get("kind"),
@@ -305,12 +344,60 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
         else:
             row.update(psnr_db=None, ssim=None, lpips=None, identical=None, quality_pairs=0)
         rows.append({column: row[column] for column in COLUMNS})
+    base_num = baseline.num if base_ok else None
     points = {r["job"]: (r["speedup"], r["psnr_db"]) for r in rows
-              if r["speedup"] is not None and r["psnr_db"] is not None}
+              if r["speedup"] is not None and r["psnr_db"] is not None and pareto_eligible(r, base_num)}
     front = pareto_front(points)
     for row in rows:
         row["pareto"] = row["job"] in front
     return rows
+
+
+def _grouped(values: dict[int, Any]) -> str:
+    """'warmup 0: jobs 1, 3; warmup 1: jobs 0, 2' style listing of which job has which value."""
+    by_value: dict[str, list[int]] = {}
+    for job, value in values.items():
+        by_value.setdefault(str(value), []).append(job)
+    return "; ".join(f"{value}: job{'s' * (len(nums) > 1)} {', '.join(map(str, nums))}"
+                     for value, nums in by_value.items())
+
+
+def timing_notes(jobs: list[Job], rows: list[dict]) -> list[str]:
+    """What makes the jobs' latencies compare less well than they look: different warmups, no warmup,
+    machines or sessions (a resume), a spread too small to judge, a cache that skipped nothing."""
+    timed = [job for job in jobs if job.ok and job.latency_per_image_s()]
+    notes = []
+
+    def differing(what: str, value: Any) -> dict[int, Any]:
+        values = {job.num: value(job) for job in timed}
+        return values if len(set(map(str, values.values()))) > 1 else {}
+
+    warmups = differing("warmup", lambda j: (j.record.get("timings") or {}).get("warmup_passes"))
+    if warmups:
+        notes.append(f"jobs were timed after different warmups ({_grouped(warmups)}): their speedups mix "
+                     "one-time costs with steady state")
+    cold = [job.num for job in timed if (job.record.get("timings") or {}).get("warmup_passes") == 0]
+    if cold:
+        notes.append(f"job{'s' * (len(cold) > 1)} {', '.join(map(str, cold))} timed with benchmark.warmup=0: "
+                     "the first timed call includes one-time costs (lazy init, kernel selection, compile)")
+    environment = lambda key: lambda j: (j.record.get("environment") or {}).get(key)  # noqa: E731
+    for key, what in (("host", "machines"), ("device_name", "devices")):
+        values = differing(key, environment(key))
+        if values:
+            notes.append(f"jobs ran on different {what} ({_grouped(values)}): speedups compare machines too")
+    sessions = differing("session", environment("session"))
+    if sessions:
+        notes.append(f"jobs were timed in {len(set(sessions.values()))} sessions (a resume, or separate "
+                     f"invocations): the machine's load may differ between them ({_grouped(sessions)})")
+    spread_less = [row["job"] for row in rows if row["noise"] == NO_SPREAD]
+    if spread_less:
+        notes.append(f"job{'s' * (len(spread_less) > 1)} {', '.join(map(str, spread_less))}: one timed call, no "
+                     "spread, so the speedup cannot be told from noise (raise benchmark.min_timed_calls)")
+    idle = [row["job"] for row in rows if _skipped_nothing(row)]
+    if idle:
+        notes.append(f"job{'s' * (len(idle) > 1)} {', '.join(map(str, idle))}: the cache skipped nothing "
+                     "(compute fraction 1), so any speedup there is not the cache's; never starred")
+    return notes
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -374,6 +461,25 @@ def _psnr_text(row: dict) -> str:
     return "inf (identical)" if math.isinf(row["psnr_db"]) else f"{row['psnr_db']:.2f}"
 
 
+def _latency_text(row: dict) -> str:
+    text = _fmt(row["latency_median_s"], ".4f")
+    if row["latency_min_s"] is not None and row["latency_max_s"] is not None:
+        text += f" [{row['latency_min_s']:.4f}, {row['latency_max_s']:.4f}]"
+    return text
+
+
+def _speedup_text(row: dict, baseline: Optional[int]) -> str:
+    """'2.43x [2.1, 2.8]', '1.09x (within noise)', '2.90x (no spread)'; the baseline is 1.00x."""
+    if row["speedup"] is None:
+        return NA
+    text = f"{row['speedup']:.2f}x"
+    if row["job"] == baseline:
+        return text
+    if row["speedup_min"] is not None and row["noise"] == BEYOND_NOISE:
+        return f"{text} [{row['speedup_min']:.2f}, {row['speedup_max']:.2f}]"
+    return f"{text} ({row['noise']})"
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -384,7 +490,9 @@ def _write_md(path: Path, summary: Summary) -> None:
              f"- baseline: {summary.baseline_note}"]
     if summary.baseline_error:
         lines.append(f"- error: {summary.baseline_error}")
-    lines += ["- speedup: the baseline's median latency per image / the job's (same protocol, same machine)",
+    lines += ["- latency: median [min, max] per pipeline call over the timed calls; speedup: the baseline's "
+              "median latency per image / the job's, [range] from the two latencies' spreads; *within noise* "
+              "when the job's latency range overlaps the baseline's (never starred)",
               "- quality vs the baseline's image for the same prompt and seed (torchmetrics): PSNR pooled "
               "over the images, SSIM mean; " + summary.lpips_note,
               *(f"- {note}" for note in summary.notes), "",
@@ -395,8 +503,8 @@ def _write_md(path: Path, summary: Summary) -> None:
         label = row["label"] + (" **(baseline)**" if row["job"] == summary.baseline else "")
         memory = None if row["peak_bytes"] is None else row["peak_bytes"] / 2**20
         lines.append("| " + " | ".join([
-            str(row["job"]), _md_escape(label), row["status"], _fmt(row["latency_median_s"], ".4f"),
-            _fmt(row["speedup"], ".2f", "x"), _fmt(row["compute_fraction"], ".3f"), _fmt(memory, ".0f"),
+            str(row["job"]), _md_escape(label), row["status"], _latency_text(row),
+            _speedup_text(row, summary.baseline), _fmt(row["compute_fraction"], ".3f"), _fmt(memory, ".0f"),
             _psnr_text(row), _fmt(row["ssim"], ".4f"), _fmt(row["lpips"], ".4f"),
             "★" if row["pareto"] else ""]) + " |")
     if summary.failed:
@@ -451,8 +559,14 @@ def _write_pareto(path: Path, summary: Summary) -> None:
         ax.text(0.01, cap, " identical to the baseline", transform=ax.get_yaxis_transform(),
                 va="top", fontsize=7, color="grey")
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["speedup"])
-    ax.scatter([r["speedup"] for r in rows], [y[r["job"]] for r in rows], color="tab:blue", zorder=2,
-               label="job")
+    for kind, colour, chosen in (("job", "tab:blue", [r for r in rows if pareto_eligible(r, summary.baseline)]),
+                                 ("within noise, no spread or skipped nothing", "tab:grey",
+                                  [r for r in rows if not pareto_eligible(r, summary.baseline)])):
+        if chosen:
+            ax.errorbar([r["speedup"] for r in chosen], [y[r["job"]] for r in chosen], fmt="o", color=colour,
+                        xerr=[[r["speedup"] - (r["speedup_min"] or r["speedup"]) for r in chosen],
+                              [(r["speedup_max"] or r["speedup"]) - r["speedup"] for r in chosen]],
+                        elinewidth=1, capsize=2, zorder=2, label=kind)
     ax.plot([r["speedup"] for r in front], [y[r["job"]] for r in front], color="tab:red", marker="o",
             markerfacecolor="none", markersize=11, zorder=3, label="Pareto front")
     ax.margins(x=0.15, y=0.12)
@@ -485,7 +599,7 @@ def _write_grid(path: Path, summary: Summary, jobs: list[Job]) -> None:
     for c, job in enumerate(jobs):
         row = by_job[job.num]
         title = f"{job.num}: {job.label}" + (" (baseline)" if job.num == summary.baseline else "")
-        stats = (f"{_fmt(row['speedup'], '.2f', 'x')}  PSNR {_psnr_text(row)}" if job.ok else row["status"])
+        stats = (f"{_speedup_text(row, summary.baseline)}  PSNR {_psnr_text(row)}" if job.ok else row["status"])
         axes[0][c].set_title(_short(title, 24) + "\n" + stats, fontsize=7)
         for r in range(n_rows):
             ax = axes[r][c]
@@ -536,6 +650,7 @@ def write_report(sweep_dir: Path, baseline: Optional[str] = None) -> Summary:
             total = len(next(job for job in jobs if job.num == row["job"]).record.get("images") or [])
             summary.notes.append(f"job {row['job']} ({row['label']}): {row['images_missing']} of {total} images "
                                  f"missing or unreadable; its quality is over {row['quality_pairs']} image pairs")
+    summary.notes += timing_notes(jobs, rows)
     if any(row["memory_kind"] == "process_peak_rss" for row in rows):
         summary.notes.append("peak memory on CPU is the process's peak RSS: jobs of one multirun share a "
                              "process, so it carries over from earlier jobs")

@@ -18,8 +18,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from diffgentor.optimize.plan import build_plan
 from diffgentor.resume import completed, config_hash
 from diffgentor.run import resolve_config
-from diffgentor.sweep import (COLUMNS, GRID_PNG, PARETO_PNG, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, Job,
-                              SweepError, choose_baseline, pareto_front, rebuild_report)
+from diffgentor.sweep import (BEYOND_NOISE, COLUMNS, GRID_PNG, NO_SPREAD, PARETO_PNG, SUMMARY_CSV, SUMMARY_JSON,
+                              SUMMARY_MD, WITHIN_NOISE, Job, SweepError, _speedup_text, choose_baseline,
+                              pareto_eligible, pareto_front, rebuild_report, speedup_against, timing_notes)
 
 from conftest import CONF_DIR, REPO, run_cli
 
@@ -249,6 +250,44 @@ def test_pareto_front():
     assert pareto_front(points) == {0, 1, 3, 4}
 
 
+def _timed(job: Job, median: float, low: float, high: float, n: int, warmup: int = 1, session: str = "s1",
+           compute_fraction: float | None = None) -> Job:
+    job.record.update(timings={"latency_s": {"median": median, "min": low, "max": high, "n": n},
+                               "warmup_passes": warmup},
+                      config={"batch_size": 1}, environment={"host": "h", "device_name": "cpu", "session": session})
+    if compute_fraction is not None:
+        job.record["optimizations"].append({"name": "first_block_cache",
+                                            "evidence": {"compute_fraction": compute_fraction}})
+    return job
+
+
+def test_noise_is_reported_as_noise_and_never_starred():
+    """Issue 11: a speedup inside the latencies' spread, one timed once, or one of a cache that skipped
+    nothing is shown for what it is and kept off the Pareto front; mixed protocols and sessions are named."""
+    base = _timed(_job(0, ["+cache=none"]), 1.0, 0.9, 1.2, 3)
+    jobs = [base,
+            _timed(_job(1, ["+cache=a"], ("tf32", "a")), 0.5, 0.45, 0.55, 3),
+            _timed(_job(2, ["+cache=b"], ("tf32", "b")), 0.8, 0.6, 1.0, 3),  # overlaps [0.9, 1.2]
+            _timed(_job(3, ["+cache=c"], ("tf32", "c")), 0.3, 0.3, 0.3, 1),  # one timed call
+            _timed(_job(4, ["+cache=d"], ("tf32", "d")), 0.35, 0.3, 0.4, 3, warmup=0, session="s2",
+                   compute_fraction=1.0)]
+    speedups = {job.num: speedup_against(job, base) for job in jobs}
+    assert speedups[1]["noise"] == BEYOND_NOISE
+    assert speedups[1]["speedup"] == pytest.approx(2.0)
+    assert (speedups[1]["speedup_min"], speedups[1]["speedup_max"]) == pytest.approx((0.9 / 0.55, 1.2 / 0.45))
+    assert speedups[2]["noise"] == WITHIN_NOISE and speedups[2]["speedup"] == pytest.approx(1.25)
+    assert speedups[3]["noise"] == NO_SPREAD
+    rows = [{"job": job.num, "compute_fraction": (1.0 if job.num == 4 else None), **speedups[job.num]}
+            for job in jobs]
+    assert [pareto_eligible(row, 0) for row in rows] == [True, True, False, False, False]
+    notes = " / ".join(timing_notes(jobs, rows))
+    assert "different warmups (1: jobs 0, 1, 2, 3; 0: job 4)" in notes and "job 4 timed with benchmark.warmup=0" in notes
+    assert "2 sessions" in notes and "job 3: one timed call, no spread" in notes
+    assert "job 4: the cache skipped nothing" in notes
+    assert _speedup_text({**rows[2], "job": 2}, 0) == "1.25x (within noise)"
+    assert _speedup_text(rows[1], 0).startswith("2.00x [1.64, 2.67]")
+
+
 # ------------------------------------------------------------------------------------------ experiments
 
 def _experiment_jobs(name: str, model: str | None = None) -> list[list[str]]:
@@ -327,3 +366,5 @@ def test_experiment_sweep_runs_on_the_testbed(name, tmp_path, testbed_cache):
         assert ENVIRONMENT_LIMIT.search(row["error"] or ""), f"{row['label']}: {row['error']}"
     assert result.returncode == (1 if failed else 0), result.stderr[-3000:]
     assert rows[0]["speedup"] == 1.0 and math.isinf(rows[0]["psnr_db"])  # the first job is the baseline
+    for row in rows[1:]:  # a star only for a speedup beyond noise, of a job that skipped something if it caches
+        assert not row["pareto"] or (row["noise"] == BEYOND_NOISE and (row["compute_fraction"] or 0) < 1)
