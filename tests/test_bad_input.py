@@ -44,6 +44,7 @@ def _strict(text: str):
     ("num_images_per_prompt=0", "num_images_per_prompt=0: must be >= 1"),
     ("benchmark.repeats=0", "benchmark.repeats=0: must be >= 1"),
     ("benchmark.warmup=-1", "benchmark.warmup=-1: must be >= 0"),
+    ("benchmark.min_timed_calls=0", "benchmark.min_timed_calls=0: must be >= 1"),
 ])
 def test_out_of_range_values_are_refused_before_load(override, needle, tmp_path, make_config, no_load):
     with pytest.raises(InvalidConfigError, match=needle.replace("+", r"\+").replace("*", r"\*")):

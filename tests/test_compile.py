@@ -105,8 +105,9 @@ def test_regional_compile_tiny_qwenimage(load_testbed, make_config):
 # ---- compile + cache: nothing measured inside the timed calls, and no recompile there (issue 11) -----------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compile_overrides", [["+compile=default"], ["+compile=regional", "compile.mode=default"]],
-                         ids=["full", "regional"])
+@pytest.mark.parametrize("compile_overrides", [["+compile=default", "compile.backend=eager"],
+                                               ["+compile=regional", "compile.mode=default"]],
+                         ids=["full-traced", "regional-inductor"])
 def test_compile_with_a_cache_is_compile_clean_in_the_timed_calls(compile_overrides, make_config, tmp_path):
     """FirstBlockCache's evidence comes from the evidence pass; the timed calls run under dynamo's
     fail_on_recompile stance (a recompile would fail the run) and dynamo's counters say 0 new graphs there."""
@@ -122,9 +123,63 @@ def test_compile_with_a_cache_is_compile_clean_in_the_timed_calls(compile_overri
     assert 0 < cache["compute_fraction"] < 1
     assert records["compile"]["evidence"]["dynamo"]["graphs"] > 0
     assert data["evidence_pass"]["images"] == 2  # the first batch (a last batch of 1 was warmed up too)
-    # the call timer measured the warmup only (2 batch sizes x 8 steps), not the 2 x 2 timed calls after it
+    # the call timer measured the warmup only (2 generations, raised for compile + cache, x 2 batch sizes x 8
+    # steps), not the 2 x 2 timed calls after it
     timing = records["compile"]["evidence"]["timing"]["transformer"]
-    assert timing["measured_in"] == "warmup" and timing["calls"] == 2 * 8
+    assert timing["measured_in"] == "warmup" and timing["calls"] == 2 * 2 * 8
+    assert data["timings"]["warmup_passes"] == 2
+
+
+@pytest.fixture(scope="module")
+def deep_flux(testbed_cache, tmp_path_factory):
+    """tiny-flux with 4 dual and 12 single blocks (16 > dynamo's recompile limit of 8), random weights, saved as
+    a diffusers folder and loaded through `model.path`: a guard per block would exhaust the limit here."""
+    import shutil
+
+    from diffusers import FluxTransformer2DModel
+
+    from diffgentor.testbed import materialize
+
+    folder = tmp_path_factory.mktemp("deep-flux") / "model"
+    shutil.copytree(materialize("tiny-flux", testbed_cache), folder)
+    config = {k: v for k, v in FluxTransformer2DModel.load_config(folder / "transformer").items()
+              if not k.startswith("_")}
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**{**config, "num_layers": 4, "num_single_layers": 12})
+    shutil.rmtree(folder / "transformer")
+    transformer.save_pretrained(folder / "transformer")
+    return folder
+
+
+FLUX_CACHES = ("first_block_cache", "pab", "faster_cache", "taylor_seer", "mag_cache", "cache_dit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regional", [True, False], ids=["regional", "whole"])
+@pytest.mark.parametrize("cache", FLUX_CACHES)
+def test_every_flux_cache_with_compile_is_clean_in_the_timed_calls(cache, regional, deep_flux, make_config,
+                                                                   tmp_path):
+    """Dynamo's own tracing (backend eager: the guards, breaks and recompiles inductor would meet, without
+    generating code) over 16 blocks: no recompile in the timed calls, and the cache still skipped work.
+    MagCache with regional compile is refused before load (its blocks run in compiler-disabled hooks)."""
+    from diffgentor.errors import RefusedError
+    from diffgentor.run import execute
+
+    overrides = ["model=tiny-flux", f"model.path={deep_flux}", "model.testbed=null", f"+cache={cache}",
+                 f"+compile={'regional' if regional else 'default'}", "compile.backend=eager", "steps=8"]
+    if cache == "cache_dit":  # skip from the third step on (its default warmup is 8 steps; random weights)
+        overrides += ["cache.max_warmup_steps=2", "cache.residual_diff_threshold=1.0"]
+    if cache == "mag_cache" and regional:
+        with pytest.raises(RefusedError, match="regional compile compiles nothing"):
+            execute(make_config(overrides), tmp_path, [])
+        return
+    data = execute(make_config(overrides), tmp_path, [])
+    assert data["status"] == "ok"
+    assert data["timings"]["compiled_in_timed_calls"] == {"graphs": 0, "frames_compiled": 0}
+    assert data["timings"]["warmup_passes"] == 2 and "raised to 2" in data["warnings"][-1]
+    records = {r["name"]: r for r in data["optimizations"]}
+    assert records["compile"]["evidence"]["dynamo"]["graphs"] > 0
+    assert records[cache]["evidence"]["compute_fraction"] < 1
 
 
 @pytest.mark.slow

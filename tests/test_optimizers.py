@@ -43,13 +43,15 @@ def run_config(make_config):
 
 @pytest.fixture
 def optimized(load_testbed, run_config):
-    """(reference output, optimized output, evidence) for a testbed and config overrides."""
+    """(reference output, optimized output, evidence) for a testbed and config overrides; the optimized
+    output is generated in an evidence pass (the optimizers' counters attached, as a run's last pass)."""
 
     def run(testbed: str, overrides: list[str], **generate_kwargs):
         pipe = load_testbed(testbed)
         reference = generate(pipe, testbed, **generate_kwargs)
         applied = apply_optimizations(pipe, run_config([f"model={testbed}", *overrides]))
-        output = generate(pipe, testbed, **generate_kwargs)
+        with applied.evidence_pass(pipe):
+            output = generate(pipe, testbed, **generate_kwargs)
         evidence = {r["name"]: r for r in applied.evidence(pipe)}
         return reference, output, evidence, (pipe, applied)
 
@@ -89,7 +91,8 @@ def test_fuse_qkv_repairs_sd3_qk_norm(load_testbed, run_config):
     pipe.transformer = transformer
     reference = generate(pipe, "tiny-sd3")
     applied = apply_optimizations(pipe, run_config(["model=tiny-sd3", "fuse_qkv=true"]))
-    assert max_diff(reference, generate(pipe, "tiny-sd3")) < 1e-5
+    with applied.evidence_pass(pipe):
+        assert max_diff(reference, generate(pipe, "tiny-sd3")) < 1e-5
     assert applied.evidence(pipe)[-1]["evidence"]["sd3_processors_repaired"] == 4
 
 
@@ -168,8 +171,9 @@ def test_attention_leaves_no_process_wide_state(load_testbed, run_config):
     pipe = load_testbed("tiny-flux")
     applied = apply_optimizations(pipe, run_config(["+attention=_native_math"]))
     assert _AttentionBackendRegistry._active_backend == active
-    generate(load_testbed("tiny-flux"), "tiny-flux", steps=1)  # an unoptimized pipeline in the same process
-    generate(pipe, "tiny-flux", steps=1)
+    with applied.evidence_pass(pipe):  # the counter sits in diffusers' registry only for the evidence pass
+        generate(load_testbed("tiny-flux"), "tiny-flux", steps=1)  # an unoptimized pipeline in the same process
+        generate(pipe, "tiny-flux", steps=1)
     assert applied.evidence(pipe)[-1]["evidence"]["dispatcher_calls"] == 6  # its own 6 modules x 1 step only
     applied.release()
     key = AttentionBackendName("_native_math")
@@ -349,6 +353,44 @@ def test_declared_conflicts_match_real_tags():
     assert "attention:flash" in AttentionBackend(type("S", (), {"name": "flash"})()).tags()
     assert "compile:cuda_graphs" in Compile(CompileSettings(mode="max-autotune")).tags()
     assert "cache" in load_all()["first_block_cache"]().tags()
+
+
+@pytest.mark.parametrize("family, overrides, refused, says", [
+    ("flux", ["+cache=first_block_cache", "+compile=default", "compile.fullgraph=true"], "first_block_cache",
+     "compile.fullgraph=false"),
+    ("flux", ["+cache=pab", "+compile=regional", "compile.fullgraph=true"], "pab",
+     "tensor values"),
+    ("flux", ["+cache=mag_cache", "+compile=regional"], "mag_cache", "regional compile compiles nothing"),
+    ("flux", ["+cache=cache_dit", "+compile=default", "compile.fullgraph=true"], "cache_dit",
+     "compile.regional=true"),
+    ("sd", ["+cache=deep_cache", "+compile=default"], "deep_cache", "recompile on every call"),
+    ("flux", ["+cache=taylor_seer", "+compile=default", "compile.mode=max-autotune"], "compile",
+     "CUDA graphs overwrite them"),
+])
+def test_compile_and_cache_pairs_that_fail_are_refused_before_load(run_config, family, overrides, refused, says):
+    """Each pair measured to fail after load (or to compile nothing) is refused by the plan, with the fix."""
+    plan = build_plan(run_config(overrides), family)
+    assert [step.name for step in plan.refused] == [refused]
+    assert says in plan.refused[0].reason and "conflict" in plan.refused[0].reason
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    (["+cache=mag_cache", "+compile=default"], "only the code around them is compiled"),
+    (["+cache=cache_dit", "+compile=regional", "compile.fullgraph=true"], None),
+    (["+cache=first_block_cache", "+compile=regional"], None),
+])
+def test_compile_and_cache_pairs_that_run(run_config, overrides, warned):
+    plan = build_plan(run_config(overrides), "flux")
+    assert not plan.refused
+    if warned:
+        assert any(warned in warning for warning in plan.warnings), plan.warnings
+    else:
+        assert plan.warnings == []
+
+
+def test_a_compile_backend_diffgentor_does_not_run_is_refused(run_config):
+    plan = build_plan(run_config(["+compile=default", "compile.backend=tensorrt"]), "flux")
+    assert "compile.backend='tensorrt'" in plan.refused[0].reason and "aot_eager" in plan.refused[0].reason
 
 
 def test_compile_component_unet_on_a_dit_refused(run_config):

@@ -20,6 +20,9 @@ from diffgentor.optimize.base import Conflict, Optimizer
 from diffgentor.optimize.registry import register
 from diffgentor.optimize.targets import check_component_names, component_mapping, resolve_components
 
+INDUCTOR = "inductor"
+#: torch.compile backends that trace with dynamo and run the graphs without generating code.
+TRACE_ONLY_BACKENDS = ("eager", "aot_eager")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Modes whose extra over their no-CUDA-graphs twin is CUDA graphs, which only exist on CUDA.
 CUDA_GRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
@@ -46,6 +49,9 @@ class CompileSettings:
       compile. `max-autotune`: plus CUDA graphs: fastest steady state, more memory, re-records on a new shape.
       `reduce-overhead`: CUDA graphs without autotuning. `default`: quickest compile, smallest gain. CPU has
       no CUDA graphs: there the graph modes act like their no-graph twins (recorded as a warning).
+    - `backend`: torch.compile's backend. `inductor` (default) generates kernels (the speed); `eager` and
+      `aot_eager` only trace with dynamo: the same graphs, guards, graph breaks and recompiles in seconds,
+      no speed-up (to find breaks and recompiles fast; `mode` is not used by them).
     - `fullgraph`: true fails on the first graph break (to find them); false (default) splits the graph there.
     - `dynamic`: null lets torch decide (it recompiles once when a shape changes); true compiles for symbolic
       shapes (no recompiles across resolutions, slightly slower kernels); false specialises every shape.
@@ -63,6 +69,7 @@ class CompileSettings:
 
     name: str = "max-autotune-no-cudagraphs"
     mode: str = "max-autotune-no-cudagraphs"
+    backend: str = "inductor"
     fullgraph: bool = False
     dynamic: Optional[bool] = None
     components: list[str] = field(default_factory=lambda: ["transformer"])
@@ -171,7 +178,7 @@ class Compile(Optimizer):
         (whole components), "compile:fullgraph" and "compile:whole_fullgraph" (the declared conflicts refuse
         what cannot combine with them; the caches declare theirs)."""
         tags = {self.name}
-        if self.settings.mode in CUDA_GRAPH_MODES:
+        if self.settings.mode in CUDA_GRAPH_MODES and self.settings.backend == INDUCTOR:
             tags.add("compile:cuda_graphs")
         tags.add("compile:regional" if self.settings.regional else "compile:whole")
         if self.settings.fullgraph:
@@ -184,6 +191,9 @@ class Compile(Optimizer):
         s = self.settings
         if s.mode not in MODES:
             raise ConfigError(f"compile.mode={s.mode!r} is not a torch.compile mode; use one of {', '.join(MODES)}")
+        if s.backend not in (INDUCTOR, *TRACE_ONLY_BACKENDS):
+            raise ConfigError(f"compile.backend={s.backend!r} is not one diffgentor runs; use {INDUCTOR} (kernels) "
+                              f"or {' / '.join(TRACE_ONLY_BACKENDS)} (dynamo tracing only)")
         if not s.components:
             raise ConfigError("compile.components is empty: name at least one, e.g. compile.components=[transformer]")
         check_component_names("compile.components", s.components, family)
@@ -204,7 +214,8 @@ class Compile(Optimizer):
         self._handles: list = []
         self._compiled: dict[str, list] = {}
         self._bare_calls: dict[str, Callable] = {}
-        options = {"mode": s.mode, "fullgraph": s.fullgraph, "dynamic": s.dynamic}
+        options = {"backend": s.backend, "mode": s.mode if s.backend == INDUCTOR else None,
+                   "fullgraph": s.fullgraph, "dynamic": s.dynamic}
         for name, module in components.items():
             timer = self._timers[name] = CallTimer(self.device)
             if s.regional:
@@ -270,8 +281,12 @@ class Compile(Optimizer):
             "dynamo": {**added, "graph_break_reasons": {r: n for r, n in reasons.items() if n > 0}},
             "inductor": {flag: getattr(config, flag) for flag in INDUCTOR_FLAGS},
         }
+        evidence["backend"] = self.settings.backend
         twin = CUDA_GRAPH_MODES.get(self.settings.mode)
-        if twin and not self.device.startswith("cuda"):
+        if self.settings.backend != INDUCTOR:
+            evidence["warnings"] = [f"backend {self.settings.backend} only traces: graphs, breaks and recompiles "
+                                    "are real, the speed is not compiled code's"]
+        elif twin and not self.device.startswith("cuda"):
             evidence["warnings"] = [f"mode {self.settings.mode} adds CUDA graphs, which {self.device} lacks: "
                                     f"it ran like {twin}"]
         return evidence

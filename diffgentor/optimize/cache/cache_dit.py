@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
 from diffgentor.optimize.registry import register
 
@@ -113,6 +114,13 @@ class CacheDit(CacheOptimizer):
     requires = ("cache_dit", "cache-dit", "cache-dit")
     no_skip_hint = ("Raise cache.residual_diff_threshold, lower cache.max_warmup_steps, or make "
                     "cache.Fn_compute_blocks + cache.Bn_compute_blocks smaller than the model's block count.")
+    # Measured on shapes-flux: whole-model compile with fullgraph=true meets functions cache-dit marks as
+    # skipped and fails after load; regionally compiled blocks with fullgraph=true are clean.
+    conflicts = (
+        Conflict("compile:whole_fullgraph", "cache_dit", "error",
+                 "cache-dit's cached-blocks wrapper calls functions dynamo skips, which fullgraph=true refuses "
+                 "when the whole denoiser is compiled; use compile.fullgraph=false or compile.regional=true"),
+    )
 
     def check_settings(self, family: str) -> None:
         s = self.settings

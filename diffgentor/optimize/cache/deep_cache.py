@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffgentor.errors import UnsupportedError
+from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
 from diffgentor.optimize.registry import register
 
@@ -40,6 +41,14 @@ class DeepCache(CacheOptimizer):
     Settings = DeepCacheSettings
     requires = ("DeepCache", "DeepCache", "deepcache")
     no_skip_hint = "Raise cache.cache_interval (DG_CACHE_INTERVAL) above 1, and run more steps than it."
+    # Measured on tiny-sd: with the whole UNet compiled, DeepCache's wrapper hands dynamo a fresh cached
+    # feature object each call (guard "___stack0 got deallocated"), so every timed call recompiles;
+    # regional compile (the UNet's blocks) is clean.
+    conflicts = (
+        Conflict("compile:whole", "deep_cache", "error",
+                 "DeepCache's wrapper makes a whole compiled UNet recompile on every call; use "
+                 "compile.regional=true with DeepCache"),
+    )
 
     def check_settings(self, family: str) -> None:
         require_at_least("cache_interval", self.settings.cache_interval, 1)

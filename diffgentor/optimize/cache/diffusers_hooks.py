@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from diffgentor.errors import UnsupportedError
+from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import CacheOptimizer
 
 if TYPE_CHECKING:
@@ -91,8 +92,20 @@ class DiffusersHookCache(CacheOptimizer):
     hook state reset at each new generation, with the cache context supplied where the pipeline lacks it
     and SD3's last block made to return tensors only (joint_blocks.py)."""
 
+    conflicts = (
+        # Measured on shapes-flux (diffusers 0.42, torch 2.13): FirstBlockCache, TaylorSeer and MagCache run
+        # their block logic in torch.compiler.disable()d functions, PAB and FasterCache branch on tensor
+        # values; with fullgraph=True dynamo raises on the first of these, after the weights loaded.
+        Conflict("compile:fullgraph", "cache:diffusers_hooks", "error",
+                 "diffusers' cache hooks run compiler-disabled code or branch on tensor values, which "
+                 "fullgraph=true refuses; use compile.fullgraph=false (the default) with this cache"),
+    )
+
     def build_config(self, pipe: Any) -> Any:
         raise NotImplementedError
+
+    def tags(self) -> set[str]:
+        return {*super().tags(), "cache:diffusers_hooks"}
 
     def supplies_context(self) -> bool:
         return not has_cache_mixin(self.denoiser)

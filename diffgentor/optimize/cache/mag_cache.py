@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from diffgentor.errors import ConfigError, UnsupportedError
+from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import require_at_least
 from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
 from diffgentor.optimize.registry import register
@@ -56,6 +57,18 @@ class MagCache(DiffusersHookCache):
     refused_because = "MagCache hooks DiT blocks its registry knows: UNets have none, Sana's are not registered"
     Settings = MagCacheSettings
     no_skip_hint = "Raise cache.threshold or cache.max_skip_steps, or lower cache.retention_ratio."
+    # Measured on shapes-flux: MagCache's block hooks are compiler-disabled, so the blocks run eager inside
+    # them; regionally compiled blocks then compile nothing at all, and whole-model compile only the code
+    # around the blocks.
+    conflicts = DiffusersHookCache.conflicts + (
+        Conflict("compile:regional", "mag_cache", "error",
+                 "MagCache runs the denoiser's blocks inside compiler-disabled hooks, so regional compile "
+                 "compiles nothing; use compile.regional=false (only the code around the blocks compiles) "
+                 "or another cache"),
+        Conflict("compile:whole", "mag_cache", "warn",
+                 "MagCache runs the denoiser's blocks inside compiler-disabled hooks: they stay eager, only "
+                 "the code around them is compiled"),
+    )
 
     def ratios(self, family: str) -> Optional[list[float]]:
         given = self.settings.mag_ratios
