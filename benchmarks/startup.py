@@ -4,7 +4,8 @@ doing the same image, where that cost goes, and the seed's ten-invocation benchm
 Arms, each a fresh process, alternating round by round, one thread each (OMP_NUM_THREADS, --threads):
 - bare: benchmarks/bare_diffusers.py — import torch + diffusers, from_pretrained the same folder, one 28-step
   call with the same seed, save the PNG: the least any tool can do;
-- diffgentor: `python -m diffgentor benchmark.warmup=0 progress=false` on the default model;
+- diffgentor: `python -m diffgentor benchmark.warmup=0 benchmark.min_timed_calls=1 progress=false` on the default
+  model (one call, as the bare script makes);
 - original (only with --original PATH or --original-cmd): the original project on the same folder, run from
   the path given (never vendored). The default command assumes its seed-style CLI as a module of that path;
   --original-cmd replaces it ({python} {folder} {prompt} {out} are filled in).
@@ -64,8 +65,8 @@ def _arms(args: argparse.Namespace, work: Path) -> dict:
     arms = {
         "bare": (lambda r: [py, str(REPO / "benchmarks" / "bare_diffusers.py"), str(FOLDER),
                             str(work / f"bare-{r}" / "image.png")], _env(args.threads), "bare-{r}/image.png"),
-        "diffgentor": (lambda r: [py, "-m", "diffgentor", "benchmark.warmup=0", "progress=false",
-                                  f"hydra.run.dir={work / f'ours-{r}'}"], _env(args.threads),
+        "diffgentor": (lambda r: [py, "-m", "diffgentor", "benchmark.warmup=0", "benchmark.min_timed_calls=1",
+                                  "progress=false", f"hydra.run.dir={work / f'ours-{r}'}"], _env(args.threads),
                        "ours-{r}/images/*.png"),
     }
     if args.original or args.original_cmd:

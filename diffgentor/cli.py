@@ -408,7 +408,8 @@ def _add_t2i(subparsers) -> None:
     g.add_argument("--warmup", type=int, metavar="N",
                    help="untimed warmup calls on the first batch (default: 1)")
     g.add_argument("--repeats", type=int, metavar="N",
-                   help="timed calls per batch; latency is their median (default: 1)")
+                   help="timed calls per batch; latency is their median (default: 1, raised until the run "
+                        "makes benchmark.min_timed_calls=3 timed calls, so every latency has a spread)")
 
     g = p.add_argument_group("optimizations", "each maps to a config group option; see `diffgentor support`")
     g.add_argument("--enable_tf32", action=argparse.BooleanOptionalAction, default=None,

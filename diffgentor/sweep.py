@@ -20,7 +20,7 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from diffgentor.errors import DiffgentorError, MissingPackageError
 from diffgentor.record import RUN_FILE, write_json_atomic
@@ -30,7 +30,8 @@ SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD = "summary.csv", "summary.json", "summary.
 PARETO_PNG, GRID_PNG = "pareto.png", "grid.png"
 #: One row per job, in this order (csv header, json keys, and what summary.md shows a selection of).
 COLUMNS = ("job", "label", "status", "latency_median_s", "latency_min_s", "latency_max_s", "latency_n",
-           "speedup", "speedup_min", "speedup_max", "noise", "compute_fraction", "peak_bytes", "memory_kind", "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto",
+           "speedup", "speedup_min", "speedup_max", "noise", "compute_fraction", "peak_bytes", "memory_kind",
+           "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto",
            "load_s", "optimize_s", "warmup_s", "overrides", "error", "folder", "config_hash")
 #: grid.png shows at most this many prompt/seed rows (the first ones of the baseline).
 GRID_MAX_ROWS = 8
@@ -368,11 +369,14 @@ def timing_notes(jobs: list[Job], rows: list[dict]) -> list[str]:
     timed = [job for job in jobs if job.ok and job.latency_per_image_s()]
     notes = []
 
-    def differing(what: str, value: Any) -> dict[int, Any]:
+    def differing(value: Callable[[Job], Any]) -> dict[int, Any]:
         values = {job.num: value(job) for job in timed}
         return values if len(set(map(str, values.values()))) > 1 else {}
 
-    warmups = differing("warmup", lambda j: (j.record.get("timings") or {}).get("warmup_passes"))
+    def environment(key: str) -> Callable[[Job], Any]:
+        return lambda job: (job.record.get("environment") or {}).get(key)
+
+    warmups = differing(lambda j: (j.record.get("timings") or {}).get("warmup_passes"))
     if warmups:
         notes.append(f"jobs were timed after different warmups ({_grouped(warmups)}): their speedups mix "
                      "one-time costs with steady state")
@@ -380,12 +384,11 @@ def timing_notes(jobs: list[Job], rows: list[dict]) -> list[str]:
     if cold:
         notes.append(f"job{'s' * (len(cold) > 1)} {', '.join(map(str, cold))} timed with benchmark.warmup=0: "
                      "the first timed call includes one-time costs (lazy init, kernel selection, compile)")
-    environment = lambda key: lambda j: (j.record.get("environment") or {}).get(key)  # noqa: E731
     for key, what in (("host", "machines"), ("device_name", "devices")):
-        values = differing(key, environment(key))
+        values = differing(environment(key))
         if values:
             notes.append(f"jobs ran on different {what} ({_grouped(values)}): speedups compare machines too")
-    sessions = differing("session", environment("session"))
+    sessions = differing(environment("session"))
     if sessions:
         notes.append(f"jobs were timed in {len(set(sessions.values()))} sessions (a resume, or separate "
                      f"invocations): the machine's load may differ between them ({_grouped(sessions)})")

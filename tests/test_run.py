@@ -105,6 +105,15 @@ def test_warmup_and_repeats_are_counted(tmp_path, make_config):
     assert data["timings"]["warmup_passes"] == 1 and data["timings"]["warmup_s"] > 0
 
 
+def test_min_timed_calls_gives_every_latency_a_spread(tmp_path, make_config):
+    """Two batches of one image and the default benchmark.min_timed_calls=3: each batch is timed twice."""
+    data = execute(make_config(["steps=1", "num_images_per_prompt=2", "batch_size=1", "benchmark.warmup=0"]),
+                   tmp_path, [])
+    assert data["timings"]["repeats"] == 2 and data["timings"]["latency_s"]["n"] == 4
+    assert len(data["images"]) == 2
+    assert data["environment"]["host"] and len(data["environment"]["session"]) == 12
+
+
 def test_failure_midway_keeps_finished_images(tmp_path, make_config, monkeypatch):
     real = generate_module.run_batch
     calls = {"n": 0}
