@@ -83,10 +83,10 @@ def test_qwenimage_negative_prompt_turns_on_true_cfg(tmp_path, make_config, monk
     forward = QwenImageTransformer2DModel.forward
     monkeypatch.setattr(QwenImageTransformer2DModel, "forward", lambda self, *a, **k: calls.append(1) or
                         forward(self, *a, **k))
-    plain = execute(make_config(["model=tiny-qwenimage", "steps=2", "benchmark.warmup=0"]), tmp_path / "a", [])
+    one_call = ["model=tiny-qwenimage", "steps=2", "benchmark.warmup=0", "benchmark.min_timed_calls=1"]
+    plain = execute(make_config(one_call), tmp_path / "a", [])
     plain_calls, calls[:] = len(calls), []
-    cfg = execute(make_config(["model=tiny-qwenimage", "steps=2", "benchmark.warmup=0", "negative_prompt=blurry"]),
-                  tmp_path / "b", [])
+    cfg = execute(make_config([*one_call, "negative_prompt=blurry"]), tmp_path / "b", [])
     assert plain["status"] == cfg["status"] == "ok"
     assert plain_calls == 2 and len(calls) == 2 * plain_calls
 
