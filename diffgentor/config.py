@@ -142,6 +142,12 @@ class RunConfig:
     resume: bool = False
     #: Replace the results already in the run folder (its run.json and images); without it such a folder is refused.
     overwrite: bool = False
+    #: In a multirun of Hydra's basic launcher, a job with the same weights as the last (location, revision,
+    #: variant, dtype, device) takes its pipeline, every optimization removed, instead of loading it again
+    #: (loaded_models.py). Other launchers never reuse.
+    reuse_model: bool = True
+    #: At most this many loaded pipelines kept between jobs (each holds its weights in memory).
+    reuse_model_max: int = 1
 
 
 def resolve_config(cfg: Any) -> Any:

@@ -24,6 +24,7 @@ from diffgentor.config import resolve_config
 from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, run_batch
+from diffgentor.loaded_models import LOADED, ModelKey, in_process_multirun
 from diffgentor.optimize.base import Target
 from diffgentor.optimize.plan import AppliedOptimizations, Plan, apply_plan, build_plan, needs_evidence_pass
 from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_pipeline, planned_size_factor,
@@ -184,14 +185,58 @@ def warmup_passes(requested: int, plan: Plan, record: RunRecord) -> int:
 
 def _generate_into(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job_batches: list,
                    run_dir: Path) -> None:
+    """Load (or take the sweep's kept pipeline), apply, generate, record; a failure drops the kept one."""
+    key, reuse_reason = reuse_key(run_cfg, source, plan)
+    try:
+        _load_and_generate(record, run_cfg, source, plan, job_batches, run_dir, key, reuse_reason)
+    except BaseException:
+        if key is not None:
+            LOADED.drop(key, "the previous job with these weights failed: loaded afresh")
+        raise
+
+
+def reuse_key(run_cfg: Any, source: ModelSource, plan: Plan) -> tuple[Optional[ModelKey], str]:
+    """The key this job's pipeline is kept under for the next job of an in-process sweep, or None and why
+    it will not be (loaded_models.py)."""
+    if not run_cfg.reuse_model:
+        return None, "reuse_model=false"
+    if not in_process_multirun():
+        return None, "not a multirun of Hydra's basic launcher: no later job runs in this process"
+    if plan.offloads:
+        return None, "an offloaded pipeline is never reused (its hooks place weights on other devices)"
+    model = run_cfg.model
+    return ModelKey(source.location, model.revision, model.variant, str(plan.target.dtype),
+                    plan.target.device), ""
+
+
+def keep_for_next_job(applied: AppliedOptimizations, pipe: Any, key: ModelKey) -> None:
+    """Remove every optimization the job applied and keep the pipeline; one that cannot be removed exactly
+    drops it instead (the next job loads afresh and says why)."""
+    try:
+        applied.remove(pipe)
+    except NotImplementedError as exc:
+        LOADED.drop(key, f"the previous job with these weights applied what cannot be undone exactly ({exc}): "
+                         "loaded afresh")
+        return
+    LOADED.keep(key, pipe)
+
+
+def _load_and_generate(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job_batches: list,
+                       run_dir: Path, key: Optional[ModelKey], reuse_reason: str) -> None:
     device, dtype = plan.target.device, plan.target.dtype
     start = time.perf_counter()
-    with no_loading_bars():
-        pipe = load_pipeline(source, run_cfg.model, dtype)
-    if not plan.offloads:
-        pipe.to(device)
+    pipe = None
+    if key is not None:
+        pipe, reuse_reason = LOADED.take(key, run_cfg.reuse_model_max)
+    record.update(model_reused=pipe is not None, model_reuse_reason=reuse_reason)
+    if pipe is None:
+        with no_loading_bars():
+            pipe = load_pipeline(source, run_cfg.model, dtype)
+        if not plan.offloads:
+            pipe.to(device)
     load_s = time.perf_counter() - start
-    log.info("loaded %s as %s in %.2f s", type(pipe).__name__, str(dtype).replace("torch.", ""), load_s)
+    log.info("%s %s as %s in %.2f s", "reused" if record.data["model_reused"] else "loaded", type(pipe).__name__,
+             str(dtype).replace("torch.", ""), load_s)
     check_size(pipe, source.family, run_cfg.height, run_cfg.width)
     passed = pass_through_kwargs(run_cfg, type(pipe).__name__, call_parameters(type(pipe).__name__))
     pipe.set_progress_bar_config(disable=not (run_cfg.progress and run_cfg.progress_steps), leave=False)
@@ -241,6 +286,8 @@ def _generate_into(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job
             optimizations=optimizations,
             **({"evidence_pass": evidence_run} if evidence_run else {}),
         )
+        if key is not None:
+            keep_for_next_job(applied, pipe, key)
 
 
 def _evidence_pass(pipe: Any, applied: AppliedOptimizations, batch: list, settings: GenerationSettings,

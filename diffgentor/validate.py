@@ -54,6 +54,8 @@ def problems(run_cfg: Any) -> list[str]:
         _int_in("benchmark.repeats", run_cfg.benchmark.repeats, 1, None, "e.g. benchmark.repeats=3"),
         _int_in("benchmark.min_timed_calls", run_cfg.benchmark.min_timed_calls, 1, None,
                 "e.g. benchmark.min_timed_calls=3 (1: no spread for a one-batch run)"),
+        _int_in("reuse_model_max", run_cfg.reuse_model_max, 1, None,
+                "e.g. reuse_model_max=1, or reuse_model=false to load every job afresh"),
         _finite("guidance_scale", run_cfg.guidance_scale, "e.g. guidance_scale=3.5"),
         _finite("true_cfg_scale", run_cfg.true_cfg_scale, "e.g. true_cfg_scale=4.0, or null"),
     ]
