@@ -220,12 +220,12 @@ def _absolute(path: Optional[str]) -> Optional[str]:
 
 def hydra_argv(overrides: Sequence[str], passthrough: Sequence[str]) -> list[str]:
     """Hydra's own flags from the pass-through first (its parser wants them before the overrides)."""
-    from hydra._internal.utils import get_args_parser
+    from diffgentor.internals import hydra_args_parser
 
     hydra_errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(hydra_errors):
-            parsed = get_args_parser().parse_intermixed_args(list(passthrough))
+            parsed = hydra_args_parser().parse_intermixed_args(list(passthrough))
     except SystemExit:
         reason = hydra_errors.getvalue().strip().splitlines()[-1:] or ["?"]
         raise CliError(f"after `--`: {reason[0].split('error: ', 1)[-1]} (see `python -m diffgentor --help`)") \

@@ -18,9 +18,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
-#: Hydra's in-process launcher: the only one whose jobs share this process.
-BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-
 
 @dataclass(frozen=True)
 class ModelKey:
@@ -73,6 +70,8 @@ def in_process_multirun() -> bool:
     """True inside a multirun job run by Hydra's basic launcher (the next job will run in this process)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from diffgentor.internals import BASIC_LAUNCHER
 
     if not HydraConfig.initialized():
         return False

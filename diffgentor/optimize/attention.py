@@ -72,16 +72,11 @@ CPU_OPTIONS = tuple(name for name, b in BACKENDS.items() if not b.needs_cuda)
 
 
 def diffusers_refusal(diffusers_name: str) -> Optional[str]:
-    """diffusers' own requirement check for a backend (package installed, importable, recent enough: what it
-    would refuse after the weights load), run at plan time: it loads no weights. None: diffusers accepts it.
-    Private API, checked against diffusers 0.42.1: models.attention_dispatch._check_attention_backend_requirements."""
-    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+    """What diffusers would refuse after the weights load (package missing, failing to import, too old), asked
+    at plan time with its own check (internals.attention_backend_refusal). None: diffusers accepts it."""
+    from diffgentor.internals import attention_backend_refusal
 
-    try:
-        _check_attention_backend_requirements(AttentionBackendName(diffusers_name))
-    except RuntimeError as exc:
-        return str(exc).splitlines()[0]
-    return None
+    return attention_backend_refusal(diffusers_name)
 
 
 def _missing_package(option: str, backend: Backend) -> UnsupportedError:
@@ -171,33 +166,33 @@ class AttentionBackend(Optimizer):
             )
 
     def apply(self, pipe: Any) -> None:
-        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-
+        from diffgentor.internals import active_attention_backend, set_active_attention_backend
         from diffgentor.optimize.attention_processors import attention_modules, route_through_dispatcher
 
         self._component, model = denoiser_of(pipe)
         self._original_processors = dict(model.attn_processors)
         self._replaced = route_through_dispatcher(model)
-        previous_active = _AttentionBackendRegistry._active_backend
+        previous_active = active_attention_backend()
         model.set_attention_backend(self.backend.diffusers_name)
         # set_attention_backend also makes it diffusers' process-wide default, which any other Flux-like model
         # (the next sweep job's baseline) would then silently follow; the processors hold it explicitly.
-        _AttentionBackendRegistry.set_active_backend(previous_active)
+        set_active_attention_backend(previous_active)
         self._modules = len(attention_modules(model))
         self._counter: Optional[_CountingBackend] = None
 
     def instrument(self, pipe: Any) -> None:
         """For the evidence pass: count, in diffusers' backend registry, the calls that reach the backend."""
-        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+        from diffgentor.internals import attention_backend_function, set_attention_backend_function
 
-        key = AttentionBackendName(self.backend.diffusers_name)
-        self._counter = _CountingBackend(_AttentionBackendRegistry._backends[key])
-        _AttentionBackendRegistry._backends[key] = self._counter
+        name = self.backend.diffusers_name
+        self._counter = _CountingBackend(attention_backend_function(name))
+        set_attention_backend_function(name, self._counter)
 
     def uninstrument(self, pipe: Any) -> None:
         self.release()
 
     def evidence(self, pipe: Any) -> dict:
+        from diffgentor.internals import processor_backend
         from diffgentor.optimize.attention_processors import attention_modules
 
         if self._counter is None:
@@ -209,8 +204,7 @@ class AttentionBackend(Optimizer):
             "attention_modules": self._modules,
             "modules_set_to_backend": sum(
                 1 for m in attention_modules(model).values()
-                if str(getattr(getattr(m.processor, "_attention_backend", None), "value", "")) ==
-                self.backend.diffusers_name),
+                if processor_backend(m.processor) == self.backend.diffusers_name),
             "processors_rerouted": self._replaced,
             "dispatcher_calls": self._counter.calls,
             "measured_in": "evidence pass",
@@ -225,12 +219,12 @@ class AttentionBackend(Optimizer):
     def release(self) -> None:
         """Put the backend's own function back in diffusers' registry (the counting window ends); what was
         counted stays readable."""
-        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+        from diffgentor.internals import attention_backend_function, set_attention_backend_function
 
         counter = getattr(self, "_counter", None)
-        key = AttentionBackendName(self.backend.diffusers_name)
-        if counter is not None and _AttentionBackendRegistry._backends.get(key) is counter:
-            _AttentionBackendRegistry._backends[key] = counter.fn
+        name = self.backend.diffusers_name
+        if counter is not None and attention_backend_function(name) is counter:
+            set_attention_backend_function(name, counter.fn)
 
     def remove(self, pipe: Any) -> None:
         self.release()

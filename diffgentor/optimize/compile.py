@@ -240,7 +240,9 @@ class Compile(Optimizer):
 
     @staticmethod
     def _compile_blocks(name: str, module: Any, options: dict) -> list:
-        classes = getattr(module, "_repeated_blocks", None) or REPEATED_BLOCKS_FALLBACK.get(type(module).__name__)
+        from diffgentor.internals import repeated_block_classes
+
+        classes = repeated_block_classes(module) or REPEATED_BLOCKS_FALLBACK.get(type(module).__name__)
         if not classes:
             raise UnsupportedError(
                 f"compile.regional: {name} ({type(module).__name__}) has no known repeated blocks; "

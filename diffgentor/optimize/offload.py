@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from diffgentor.errors import UnsupportedError
+from diffgentor.internals import execution_device, hook_registry
 from diffgentor.optimize.base import Optimizer
 from diffgentor.optimize.registry import register
 from diffgentor.optimize.targets import module_components
@@ -79,7 +80,7 @@ class _Offload(Optimizer):
         hooked = self.hooked_modules(pipe)
         if sum(hooked.values()) == 0:
             raise UnsupportedError(f"memory={self.name}: no offload hook is installed on any component")
-        return {"execution_device": str(pipe._execution_device), "weights_rest_on": resting_devices(pipe),
+        return {"execution_device": str(execution_device(pipe)), "weights_rest_on": resting_devices(pipe),
                 "offload_hooks": hooked}
 
     def hooked_modules(self, pipe: Any) -> dict[str, int]:
@@ -135,7 +136,7 @@ class GroupOffload(_Offload):
 
     def hooked_modules(self, pipe: Any) -> dict[str, int]:
         def has_group_hook(m: Any) -> bool:
-            registry = getattr(m, "_diffusers_hook", None)
+            registry = hook_registry(m)
             return registry is not None and registry.get_hook("group_offloading") is not None
 
         return {name: sum(1 for m in module.modules() if has_group_hook(m))

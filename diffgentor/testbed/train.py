@@ -250,10 +250,9 @@ def foreground_weights(scenes: list[shapes.Scene], latent_size: int) -> torch.Te
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
-    from diffusers import FluxPipeline
+    from diffgentor.internals import pack_flux_latents
 
-    n, c, h, w = latents.shape
-    return FluxPipeline._pack_latents(latents, n, c, h, w)
+    return pack_flux_latents(latents)
 
 
 def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -440,10 +439,9 @@ def plan_steps(pipe, args, budget_s: float) -> tuple[int, int]:
 
 def image_ids() -> torch.Tensor:
     """Flux RoPE positions of the 8 x 8 packed latent tokens of a 64 px image."""
-    from diffusers import FluxPipeline
+    from diffgentor.internals import flux_latent_image_ids
 
-    side = shapes.IMAGE_SIZE_PX // 8
-    return FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32)
+    return flux_latent_image_ids(shapes.IMAGE_SIZE_PX // 8)
 
 
 def save(pipe, out: pathlib.Path) -> int:

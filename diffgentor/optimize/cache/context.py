@@ -138,6 +138,6 @@ class DenoiseTracker:
 
     def _set_context(self, context: Any) -> None:
         # What CacheMixin.cache_context does on entry and exit, for denoisers without the mixin.
-        from diffusers.hooks.hooks import _set_cache_context
+        from diffgentor.internals import set_cache_context
 
-        _set_cache_context(self.denoiser, context)
+        set_cache_context(self.denoiser, context)

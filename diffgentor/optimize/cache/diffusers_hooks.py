@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from diffgentor.errors import UnsupportedError
+from diffgentor.internals import hook_names, hook_registry
 from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import CacheOptimizer
 
@@ -47,8 +48,7 @@ def has_cache_mixin(denoiser: torch.nn.Module) -> bool:
 
 
 def _hook_names(denoiser: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, list[str]]]:
-    return {id(m): (m, list(m._diffusers_hook._hook_order)) for m in denoiser.modules()
-            if hasattr(m, "_diffusers_hook")}
+    return {id(m): (m, hook_names(m)) for m in denoiser.modules() if hook_registry(m) is not None}
 
 
 def _invalidate_registry_cache(denoiser: torch.nn.Module) -> None:
@@ -74,7 +74,7 @@ def install(denoiser: torch.nn.Module, config: Any) -> Callable[[], None]:
 
     def uninstall() -> None:
         for module, name in reversed(added):
-            module._diffusers_hook.remove_hook(name, recurse=False)
+            hook_registry(module).remove_hook(name, recurse=False)
         _invalidate_registry_cache(denoiser)
 
     return uninstall

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from diffgentor.errors import ConfigError, UnsupportedError
+from diffgentor.internals import hooks_by_name, wrap_mag_cache_calibration
 from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import require_at_least
 from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
@@ -120,16 +121,13 @@ class MagCache(DiffusersHookCache):
         """Keep the ratios the tail hook measures (it logs them, then clears them at the last step)."""
         from diffusers.hooks.mag_cache import MagCacheBlockHook
 
+        def record(state: Any) -> None:
+            self._calibrated = [round(float(r), 5) for r in state.calibration_ratios]
+
         for module in self.denoiser.modules():
-            for hook in getattr(getattr(module, "_diffusers_hook", None), "hooks", {}).values():
+            for hook in hooks_by_name(module).values():
                 if isinstance(hook, MagCacheBlockHook) and hook.is_tail:
-                    measure = hook._perform_calibration_step
-
-                    def record(state: Any, residual: Any, measure: Any = measure) -> None:
-                        measure(state, residual)
-                        self._calibrated = [round(float(r), 5) for r in state.calibration_ratios]
-
-                    hook._perform_calibration_step = record
+                    wrap_mag_cache_calibration(hook, record)
 
     def cache_evidence(self, pipe: Any) -> dict:
         evidence: dict = {"num_inference_steps": self.config.num_inference_steps,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from diffgentor.errors import ConfigError
+from diffgentor.internals import hooks_by_name
 from diffgentor.optimize.cache.base import require_at_least
 from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
 from diffgentor.optimize.registry import register
@@ -96,6 +97,6 @@ class TaylorSeer(DiffusersHookCache):
 
     def cache_evidence(self, pipe: Any) -> dict:
         hooked = [name for name, module in self.denoiser.named_modules()
-                  if "taylorseer_cache" in getattr(getattr(module, "_diffusers_hook", None), "hooks", {})]
+                  if "taylorseer_cache" in hooks_by_name(module)]
         return {"hooked_modules": len(hooked), "cache_identifiers": self.cache_identifiers(),
                 "lite_mode": bool(self.settings.use_lite_mode)}
