@@ -2,7 +2,7 @@
 
 OutputFolderCheck refuses an output folder that cannot be used before Hydra writes into it.
 
-SweepSummary writes the sweep's summary when a multirun ends (diffgentor/sweep.py does the work) and keeps
+SweepSummary writes the sweep's summary when a multirun ends (diffgentor/sweep/ does the work) and keeps
 the outcome, so that `python -m diffgentor -m ...` can exit non-zero afterwards when a job failed: Hydra turns
 an exception raised in a callback into a warning, and its multirun returns normally, so the exit code is set
 by diffgentor.__main__.main() from `take_sweep_exit_code()`.

@@ -277,7 +277,7 @@ def cmd_report(args: argparse.Namespace, passthrough: Sequence[str]) -> None:
         from diffgentor.sweep import rebuild_report
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name not in (None, "diffgentor.sweep"):
-            raise  # sweep.py exists but needs something missing: show the real failure
+            raise  # diffgentor.sweep exists but needs something missing: show the real failure
         raise CliError("`diffgentor report` is not available in this build: diffgentor.sweep.rebuild_report "
                        f"is missing ({exc})") from None
     result = rebuild_report(sweep_dir, **({"baseline": args.baseline} if args.baseline is not None else {}))

@@ -82,7 +82,7 @@ class BenchmarkConfig:
 
 @dataclass
 class SweepConfig:
-    """How a multirun's summary (diffgentor/sweep.py) compares its jobs.
+    """How a multirun's summary (diffgentor/sweep/) compares its jobs.
 
     `baseline`: the job every other job is compared with: speedup = baseline latency / job latency, and
     PSNR / SSIM / LPIPS of each image against the baseline's image for the same prompt and seed. null (default):

@@ -18,9 +18,12 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from diffgentor.optimize.plan import build_plan
 from diffgentor.resume import completed, config_hash
 from diffgentor.run import resolve_config
-from diffgentor.sweep import (BEYOND_NOISE, COLUMNS, GRID_PNG, NO_SPREAD, PARETO_PNG, SUMMARY_CSV, SUMMARY_JSON,
-                              SUMMARY_MD, WITHIN_NOISE, Job, SweepError, _speedup_text, choose_baseline,
-                              pareto_eligible, pareto_front, rebuild_report, speedup_against, timing_notes)
+from diffgentor.sweep import rebuild_report
+from diffgentor.sweep.baseline import choose_baseline
+from diffgentor.sweep.files import GRID_PNG, PARETO_PNG, SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, speedup_text
+from diffgentor.sweep.jobs import Job, SweepError
+from diffgentor.sweep.rows import (BEYOND_NOISE, COLUMNS, NO_SPREAD, WITHIN_NOISE, pareto_eligible, pareto_front,
+                                   speedup_against, timing_notes)
 
 from conftest import CONF_DIR, REPO, run_cli
 
@@ -284,8 +287,8 @@ def test_noise_is_reported_as_noise_and_never_starred():
     assert "different warmups (1: jobs 0, 1, 2, 3; 0: job 4)" in notes and "job 4 timed with benchmark.warmup=0" in notes
     assert "2 sessions" in notes and "job 3: one timed call, no spread" in notes
     assert "job 4: the cache skipped nothing" in notes
-    assert _speedup_text({**rows[2], "job": 2}, 0) == "1.25x (within noise)"
-    assert _speedup_text(rows[1], 0).startswith("2.00x [1.64, 2.67]")
+    assert speedup_text({**rows[2], "job": 2}, 0) == "1.25x (within noise)"
+    assert speedup_text(rows[1], 0).startswith("2.00x [1.64, 2.67]")
 
 
 # ------------------------------------------------------------------------------------------ experiments
