@@ -22,6 +22,7 @@ from diffgentor.errors import ConfigError
 from diffgentor.envvars import DOCUMENTED_VARIABLES
 from diffgentor.families import FAMILIES
 from diffgentor.run import resolve_config
+from diffgentor.t2i import COMPILE_FROM_ENV_OPTION
 
 from conftest import REPO, compose_config
 
@@ -224,7 +225,7 @@ def test_seed_command_as_written_dry_runs_offline():
     (["--cache_type", "faster_cache"], ["+cache=faster_cache"]),
     (["--cache_type", "taylor_seer"], ["+cache=taylor_seer"]),
     (["--cache_type", "cache_dit"], ["+cache=cache_dit"]),
-    (["--enable_compile"], [f"+compile={cli.COMPILE_FROM_ENV_OPTION}"]),
+    (["--enable_compile"], [f"+compile={COMPILE_FROM_ENV_OPTION}"]),
     (["--enable_compile", "--compile_mode", "reduce-overhead"], ["+compile=reduce-overhead"]),
     (["--enable_compile", "--compile_regional"], ["+compile=enabled", "compile.regional=true"]),
     (["--dry_run"], ["dry_run=true"]),
