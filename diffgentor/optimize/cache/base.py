@@ -2,7 +2,8 @@
 
 A cache's life: `check` (optional package present? settings valid for this family?) before load; `apply`
 attaches the DenoiseTracker (generations, and the cache context some pipelines lack) and then the cache
-itself (`install`); the timed calls run that alone; `instrument` attaches the ComputeCounter for the evidence
+itself (`install`, which returns the function that takes it off again: diffusers' hooks through
+diffusers_hooks.install_hook_cache, DeepCache's helper, cache-dit); the timed calls run that alone; `instrument` attaches the ComputeCounter for the evidence
 pass after them; `evidence` reports what that pass measured, loudly flagging a run that skipped nothing;
 `remove` takes the measurement and the cache off, leaving the pipeline as it was.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 from diffgentor.errors import ConfigError, MissingPackageError
 from diffgentor.families import FAMILIES
@@ -43,8 +44,9 @@ def require_at_least(field: str, value: Any, minimum: float) -> None:
 
 
 class CacheOptimizer(Optimizer):
-    """Base of the `cache` group's optimizers; subclasses implement install / uninstall (and may add
-    check_settings, cache_evidence)."""
+    """Base of the `cache` group's optimizers, the only level between Optimizer and a cache: a cache declares
+    itself, implements `install` (returning its own remover) and may add check_settings and
+    cache_evidence."""
 
     stage = "cache"
     config_group = "cache"
@@ -56,13 +58,18 @@ class CacheOptimizer(Optimizer):
     requires: ClassVar[Optional[tuple[str, str, str]]] = None
     #: Which knob to turn when a run skipped nothing; ends the warning.
     no_skip_hint: ClassVar[str] = ""
+    #: Tags beside "cache" that conflicts may name (diffusers_hooks.HOOK_CACHE_TAG).
+    cache_tags: ClassVar[tuple[str, ...]] = ()
+    #: The cache reads diffusers' cache context, which SD3 / PixArt pipelines never set: the tracker sets it
+    #: around each denoiser call of a denoiser without CacheMixin.
+    needs_cache_context: ClassVar[bool] = False
 
     denoiser: torch.nn.Module
     tracker: DenoiseTracker
     counter: ComputeCounter
 
     def tags(self) -> set[str]:
-        return {self.name, "cache"}
+        return {self.name, "cache", *self.cache_tags}
 
     def check(self, family: str) -> None:
         if self.requires is not None:
@@ -76,12 +83,12 @@ class CacheOptimizer(Optimizer):
 
     def supplies_context(self) -> bool:
         """Whether the tracker must set diffusers' cache context around each denoiser call."""
-        return False
+        from diffgentor.optimize.cache.diffusers_hooks import has_cache_mixin
 
-    def install(self, pipe: Any) -> None:
-        raise NotImplementedError
+        return self.needs_cache_context and not has_cache_mixin(self.denoiser)
 
-    def uninstall(self, pipe: Any) -> None:
+    def install(self, pipe: Any) -> Callable[[], None]:
+        """Attach the cache to `self.denoiser` (the tracker is attached); returns what takes it off again."""
         raise NotImplementedError
 
     def no_skip_advice(self) -> str:
@@ -102,7 +109,7 @@ class CacheOptimizer(Optimizer):
         self.counter = ComputeCounter(self.denoiser, lambda: self.tracker.generation)
         self.tracker.attach()
         try:
-            self.install(pipe)
+            self._uninstall = self.install(pipe)
         except BaseException:
             self.tracker.detach()
             raise
@@ -145,5 +152,5 @@ class CacheOptimizer(Optimizer):
 
     def remove(self, pipe: Any) -> None:
         self.counter.detach()
-        self.uninstall(pipe)
+        self._uninstall()
         self.tracker.detach()

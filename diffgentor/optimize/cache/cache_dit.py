@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from diffgentor.optimize.base import Conflict
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
@@ -131,7 +131,7 @@ class CacheDit(CacheOptimizer):
         require_at_least("warmup_interval", s.warmup_interval, 1)
         require_at_least("taylorseer_order", s.taylorseer_order, 1)
 
-    def install(self, pipe: Any) -> None:
+    def install(self, pipe: Any) -> Callable[[], None]:
         import cache_dit
 
         s = self.settings
@@ -149,6 +149,7 @@ class CacheDit(CacheOptimizer):
         # ERROR: its warnings here are about skipping its own forward-pattern check (hooks already present).
         with quiet_cache_dit(logging.ERROR):
             cache_dit.enable_cache(pipe, cache_config=config, calibrator_config=calibrator)
+        return lambda: self._disable(pipe)
 
     def _fit_to_model(self, blocks: int) -> tuple[int, int]:
         """cache-dit asserts Fn <= the model's block count at the first call; cache-dit's default Fn=8 exceeds
@@ -164,7 +165,7 @@ class CacheDit(CacheOptimizer):
         self._used = {"Fn_compute_blocks": fn, "Bn_compute_blocks": bn}
         return fn, bn
 
-    def uninstall(self, pipe: Any) -> None:
+    def _disable(self, pipe: Any) -> None:
         import cache_dit
 
         with quiet_cache_dit(logging.ERROR):  # it warns "hooks disabled": that is what was asked

@@ -7,7 +7,7 @@ output of one up-block branch is cached; in between only the shallow layers down
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from diffgentor.errors import UnsupportedError
 from diffgentor.optimize.base import Conflict
@@ -54,7 +54,7 @@ class DeepCache(CacheOptimizer):
         require_at_least("cache_interval", self.settings.cache_interval, 1)
         require_at_least("cache_branch_id", self.settings.cache_branch_id, 0)
 
-    def install(self, pipe: Any) -> None:
+    def install(self, pipe: Any) -> Callable[[], None]:
         from DeepCache import DeepCacheSDHelper
 
         branches = BRANCHES_PER_BLOCK * len(self.denoiser.down_blocks)
@@ -65,9 +65,7 @@ class DeepCache(CacheOptimizer):
         self.helper.set_params(cache_interval=int(self.settings.cache_interval),
                                cache_branch_id=int(self.settings.cache_branch_id))
         self.helper.enable()
-
-    def uninstall(self, pipe: Any) -> None:
-        self.helper.disable()
+        return self.helper.disable
 
     def cache_evidence(self, pipe: Any) -> dict:
         return {"branches": BRANCHES_PER_BLOCK * len(self.denoiser.down_blocks)}

@@ -87,41 +87,36 @@ def reset_hook_state(denoiser: torch.nn.Module) -> None:
     HookRegistry.check_if_exists_or_initialize(denoiser).reset_stateful_hooks(recurse=True)
 
 
-class DiffusersHookCache(CacheOptimizer):
-    """A cache made of diffusers hooks: one config object (`build_config`), installed on the denoiser, its
-    hook state reset at each new generation, with the cache context supplied where the pipeline lacks it
-    and SD3's last block made to return tensors only (joint_blocks.py)."""
+#: The tag every cache made of diffusers' hooks declares (FirstBlockCache, PAB, FasterCache, TaylorSeer,
+#: MagCache), and the conflicts they share.
+HOOK_CACHE_TAG = "cache:diffusers_hooks"
+HOOK_CACHE_CONFLICTS = (
+    # Measured on shapes-flux (diffusers 0.42, torch 2.13): FirstBlockCache, TaylorSeer and MagCache run
+    # their block logic in torch.compiler.disable()d functions, PAB and FasterCache branch on tensor
+    # values; with fullgraph=True dynamo raises on the first of these, after the weights loaded.
+    Conflict("compile:fullgraph", HOOK_CACHE_TAG, "error",
+             "diffusers' cache hooks run compiler-disabled code or branch on tensor values, which "
+             "fullgraph=true refuses; use compile.fullgraph=false (the default) with this cache"),
+)
 
-    conflicts = (
-        # Measured on shapes-flux (diffusers 0.42, torch 2.13): FirstBlockCache, TaylorSeer and MagCache run
-        # their block logic in torch.compiler.disable()d functions, PAB and FasterCache branch on tensor
-        # values; with fullgraph=True dynamo raises on the first of these, after the weights loaded.
-        Conflict("compile:fullgraph", "cache:diffusers_hooks", "error",
-                 "diffusers' cache hooks run compiler-disabled code or branch on tensor values, which "
-                 "fullgraph=true refuses; use compile.fullgraph=false (the default) with this cache"),
-    )
 
-    def build_config(self, pipe: Any) -> Any:
-        raise NotImplementedError
+def install_hook_cache(cache: CacheOptimizer, config: Any) -> Callable[[], None]:
+    """Install a diffusers cache `config` on `cache.denoiser` (kept as `cache.config`), its hook state reset
+    at each new generation and SD3's last block made to return tensors only (joint_blocks.py); returns
+    the function that takes it all off again."""
+    from diffgentor.optimize.cache.joint_blocks import keep_text_stream_of_pre_only_blocks
 
-    def tags(self) -> set[str]:
-        return {*super().tags(), "cache:diffusers_hooks"}
+    cache.config = config
+    restore_blocks = keep_text_stream_of_pre_only_blocks(cache.denoiser)
+    try:
+        uninstall = install(cache.denoiser, config)
+    except BaseException:
+        restore_blocks()
+        raise
+    cache.tracker.on_generation(lambda tracker: reset_hook_state(cache.denoiser))
 
-    def supplies_context(self) -> bool:
-        return not has_cache_mixin(self.denoiser)
+    def remove() -> None:
+        uninstall()
+        restore_blocks()
 
-    def install(self, pipe: Any) -> None:
-        from diffgentor.optimize.cache.joint_blocks import keep_text_stream_of_pre_only_blocks
-
-        self.config = self.build_config(pipe)
-        self._restore_blocks = keep_text_stream_of_pre_only_blocks(self.denoiser)
-        try:
-            self._uninstall = install(self.denoiser, self.config)
-        except BaseException:
-            self._restore_blocks()
-            raise
-        self.tracker.on_generation(lambda tracker: reset_hook_state(self.denoiser))
-
-    def uninstall(self, pipe: Any) -> None:
-        self._uninstall()
-        self._restore_blocks()
+    return remove

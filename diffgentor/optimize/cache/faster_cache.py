@@ -10,11 +10,11 @@ follow diffusers' own tests for FLUX and the FasterCache paper's values for CFG 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from diffgentor.errors import UnsupportedError
-from diffgentor.optimize.cache.base import require_at_least, require_range
-from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
+from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least, require_range
+from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
 from diffgentor.optimize.registry import register
 
 if TYPE_CHECKING:
@@ -74,12 +74,15 @@ class FasterCacheSettings:
 
 
 @register
-class FasterCache(DiffusersHookCache):
+class FasterCache(CacheOptimizer):
     name = "faster_cache"
     families = frozenset({"flux", "sd3", "pixart"})
     refused_because = ("FasterCache hooks DiT attention; UNets are not wired, Sana is untested, and QwenImage's "
                        "separate cond/uncond calls would share its per-layer state")
     Settings = FasterCacheSettings
+    cache_tags = (HOOK_CACHE_TAG,)
+    needs_cache_context = True
+    conflicts = HOOK_CACHE_CONFLICTS
     no_skip_hint = ("Widen cache.spatial_timestep_skip_range / cache.unconditional_batch_timestep_skip_range to "
                     "cover more of this schedule's timesteps.")
 
@@ -124,15 +127,21 @@ class FasterCache(DiffusersHookCache):
             **kwargs,
         )
 
-    def install(self, pipe: Any) -> None:
-        super().install(pipe)
-        self._guard = None
-        if not self._values["guidance_distilled"]:
-            import torch
+    def install(self, pipe: Any) -> Callable[[], None]:
+        remove_hooks = install_hook_cache(self, self.build_config(pipe))
+        if self._values["guidance_distilled"]:
+            return remove_hooks
+        import torch
 
-            # a Python check on shapes and pipeline state, kept out of any compiled graph
-            guard = torch.compiler.disable(self._require_cfg_batch)
-            self._guard = self.denoiser.register_forward_pre_hook(guard, with_kwargs=True)
+        # a Python check on shapes and pipeline state, kept out of any compiled graph
+        guard = self.denoiser.register_forward_pre_hook(torch.compiler.disable(self._require_cfg_batch),
+                                                        with_kwargs=True)
+
+        def remove() -> None:
+            guard.remove()
+            remove_hooks()
+
+        return remove
 
     def _require_cfg_batch(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """FasterCache splits the batch into [uncond, cond] halves; without CFG that silently mixes images."""
@@ -142,11 +151,6 @@ class FasterCache(DiffusersHookCache):
             raise UnsupportedError(
                 f"faster_cache on '{self.family}' expects the classifier-free-guidance batch [uncond, cond], but "
                 "this call has none (guidance_scale <= 1): set guidance_scale > 1, or cache.guidance_distilled=true")
-
-    def uninstall(self, pipe: Any) -> None:
-        if self._guard is not None:
-            self._guard.remove()
-        super().uninstall(pipe)
 
     def cache_evidence(self, pipe: Any) -> dict:
         return {"resolved": self._values}

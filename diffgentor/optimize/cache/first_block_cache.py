@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from diffgentor.optimize.cache.base import require_at_least
-from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
+from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
+from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
 from diffgentor.optimize.registry import register
 
 
@@ -28,12 +28,15 @@ class FirstBlockCacheSettings:
 
 
 @register
-class FirstBlockCache(DiffusersHookCache):
+class FirstBlockCache(CacheOptimizer):
     name = "first_block_cache"
     families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
     refused_because = ("diffusers' block hooks need DiT blocks its registry knows: UNets have none (IndexError), Sana's"
                        " are not registered")
     Settings = FirstBlockCacheSettings
+    cache_tags = (HOOK_CACHE_TAG,)
+    needs_cache_context = True
+    conflicts = HOOK_CACHE_CONFLICTS
     no_skip_hint = "Raise cache.threshold (DG_FBC_THRESHOLD) to skip steps whose first-block residual changes more."
 
     def check_settings(self, family: str) -> None:
@@ -43,3 +46,6 @@ class FirstBlockCache(DiffusersHookCache):
         from diffusers.hooks import FirstBlockCacheConfig
 
         return FirstBlockCacheConfig(threshold=float(self.settings.threshold))
+
+    def install(self, pipe: Any) -> Callable[[], None]:
+        return install_hook_cache(self, self.build_config(pipe))

@@ -10,13 +10,13 @@ The number of steps is taken from the scheduler at each generation (the ratios a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from diffgentor.errors import ConfigError, UnsupportedError
 from diffgentor.internals import hooks_by_name, wrap_mag_cache_calibration
 from diffgentor.optimize.base import Conflict
-from diffgentor.optimize.cache.base import require_at_least
-from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
+from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
+from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
 from diffgentor.optimize.registry import register
 
 
@@ -52,16 +52,18 @@ class MagCacheSettings:
 
 
 @register
-class MagCache(DiffusersHookCache):
+class MagCache(CacheOptimizer):
     name = "mag_cache"
     families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
     refused_because = "MagCache hooks DiT blocks its registry knows: UNets have none, Sana's are not registered"
     Settings = MagCacheSettings
+    cache_tags = (HOOK_CACHE_TAG,)
+    needs_cache_context = True
     no_skip_hint = "Raise cache.threshold or cache.max_skip_steps, or lower cache.retention_ratio."
     # Measured on shapes-flux: MagCache's block hooks are compiler-disabled, so the blocks run eager inside
     # them; regionally compiled blocks then compile nothing at all, and whole-model compile only the code
     # around the blocks.
-    conflicts = DiffusersHookCache.conflicts + (
+    conflicts = HOOK_CACHE_CONFLICTS + (
         Conflict("compile:regional", "mag_cache", "error",
                  "MagCache runs the denoiser's blocks inside compiler-disabled hooks, so regional compile "
                  "compiles nothing; use compile.regional=false (only the code around the blocks compiles) "
@@ -99,11 +101,12 @@ class MagCache(DiffusersHookCache):
                               retention_ratio=float(s.retention_ratio), mag_ratios=self._base_ratios,
                               calibrate=bool(s.calibrate))
 
-    def install(self, pipe: Any) -> None:
-        super().install(pipe)
+    def install(self, pipe: Any) -> Callable[[], None]:
+        remove = install_hook_cache(self, self.build_config(pipe))
         self.tracker.on_generation(self._fit_to_steps)
         if self.settings.calibrate:
             self._record_calibration()
+        return remove
 
     def _fit_to_steps(self, tracker: Any) -> None:
         """The hooks count steps against `num_inference_steps` (and reset at it): make it this run's count."""

@@ -7,10 +7,10 @@ PixArt, which keep none, the timestep the pipeline passes to its denoiser (conte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
-from diffgentor.optimize.cache.base import require_at_least, require_range
-from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
+from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least, require_range
+from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
 from diffgentor.optimize.registry import register
 
 
@@ -38,12 +38,15 @@ class PabSettings:
 
 
 @register
-class PyramidAttentionBroadcast(DiffusersHookCache):
+class PyramidAttentionBroadcast(CacheOptimizer):
     name = "pab"
     families = frozenset({"flux", "sd3", "pixart"})
     refused_because = ("PAB hooks DiT attention; UNets are not wired, Sana's linear attention is untested, and "
                        "QwenImage's separate cond/uncond calls would share PAB's per-layer state")
     Settings = PabSettings
+    cache_tags = (HOOK_CACHE_TAG,)
+    needs_cache_context = True
+    conflicts = HOOK_CACHE_CONFLICTS
     no_skip_hint = ("Widen cache.timestep_skip_range (DG_PAB_TIMESTEP_SKIP) to cover more of this schedule's "
                     "timesteps, or raise cache.spatial_skip_range above 1.")
 
@@ -66,6 +69,9 @@ class PyramidAttentionBroadcast(DiffusersHookCache):
             cross_attention_timestep_skip_range=tuple(s.cross_timestep_skip_range),
             current_timestep_callback=self.tracker.current_timestep,
         )
+
+    def install(self, pipe: Any) -> Callable[[], None]:
+        return install_hook_cache(self, self.build_config(pipe))
 
     def cache_evidence(self, pipe: Any) -> dict:
         return {"timestep_source": "pipeline.current_timestep" if not self.supplies_context()

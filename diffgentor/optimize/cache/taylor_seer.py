@@ -8,12 +8,12 @@ run); lite mode forecasts only the final projection and skips every block outrig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from diffgentor.errors import ConfigError
 from diffgentor.internals import hooks_by_name
-from diffgentor.optimize.cache.base import require_at_least
-from diffgentor.optimize.cache.diffusers_hooks import DiffusersHookCache
+from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
+from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
 from diffgentor.optimize.registry import register
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -56,11 +56,14 @@ class TaylorSeerSettings:
 
 
 @register
-class TaylorSeer(DiffusersHookCache):
+class TaylorSeer(CacheOptimizer):
     name = "taylor_seer"
     families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
     refused_because = "TaylorSeer hooks DiT blocks and attention by name; UNets and Sana are not wired"
     Settings = TaylorSeerSettings
+    cache_tags = (HOOK_CACHE_TAG,)
+    needs_cache_context = True
+    conflicts = HOOK_CACHE_CONFLICTS
     no_skip_hint = ("Lower cache.disable_cache_before_step or run more steps than the warmup plus one "
                     "cache.cache_interval (DG_CACHE_INTERVAL).")
 
@@ -94,6 +97,9 @@ class TaylorSeer(DiffusersHookCache):
             cache_identifiers=self.cache_identifiers(),
             skip_predict_identifiers=list(skip) if skip is not None else None,
         )
+
+    def install(self, pipe: Any) -> Callable[[], None]:
+        return install_hook_cache(self, self.build_config(pipe))
 
     def cache_evidence(self, pipe: Any) -> dict:
         hooked = [name for name, module in self.denoiser.named_modules()
