@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from diffgentor.conf_options import compile_modes, group_options, model_entries, root_default
-from diffgentor.envvars import DOCUMENTED_VARIABLES
+from diffgentor.envvars import documented_variables
 from diffgentor.errors import DiffgentorError, user_message
 from diffgentor.families import FAMILIES
 from diffgentor.t2i import SUPPORTED_BACKENDS, TORCH_DTYPES, CliError, hydra_argv, shell_quote, translate
@@ -117,8 +117,9 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def _env_epilog() -> str:
-    width = max(map(len, DOCUMENTED_VARIABLES))
-    lines = [f"  {name.ljust(width)}  {text}" for name, text in DOCUMENTED_VARIABLES.items()]
+    variables = documented_variables()
+    width = max(map(len, variables))
+    lines = [f"  {name.ljust(width)}  {text}" for name, text in variables.items()]
     return ("environment variables (read by the config, so `python -m diffgentor` honours them too;\n"
             "a malformed value is an error naming the variable):\n" + "\n".join(lines))
 

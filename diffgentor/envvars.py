@@ -1,35 +1,71 @@
-"""The seed's DG_* environment variables, read only through the config (`${dg.env:NAME,default}`).
+"""The seed's DG_* environment variables, read only through the config (`${dg.env:NAME}`).
 
-The resolver parses the variable to the type of its default, so a malformed value fails when the config is
-resolved, with a message naming the variable, instead of deep inside an optimizer.
+Each variable is declared by the optimizer whose setting it sets (Optimizer.env_variables), and its default
+is that Settings field's default: the table `--help` prints, the defaults and the allowed values are derived
+here from those declarations. The resolver parses the variable to the type of its default, so a malformed
+value fails when the config is resolved, with a message naming the variable, instead of deep inside an
+optimizer.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import ListConfig, OmegaConf
 
 from diffgentor.errors import ConfigError
 
-#: Every variable the seed document promises, with what it sets. Printed by `diffgentor --help`.
-DOCUMENTED_VARIABLES = {
-    "DG_CACHE_INTERVAL": "deep_cache / taylor_seer: steps between full computations (default 3)",
-    "DG_CACHE_BRANCH_ID": "deep_cache: UNet branch whose output is cached (default 0)",
-    "DG_FBC_THRESHOLD": "first_block_cache: residual similarity threshold (default 0.2)",
-    "DG_PAB_SPATIAL_SKIP": "pab: spatial attention block skip range (default 2)",
-    "DG_PAB_TIMESTEP_SKIP": "pab: timestep range in which attention is skipped (default (100, 800))",
-    "DG_COMPILE_MODE": "torch.compile mode (default max-autotune-no-cudagraphs)",
-    "DG_COMPILE_FULLGRAPH": "torch.compile fullgraph (default false)",
-    "DG_COMPILE_COMPONENTS": "pipeline components to compile, comma separated (default transformer)",
-}
 
-#: Variables whose value must be one of a fixed set, checked when the config resolves.
-CHOICES = {
-    "DG_COMPILE_MODE": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-}
+
+@dataclass(frozen=True)
+class Variable:
+    """One DG_* variable as the optimizers declare it (several may share one, e.g. DG_CACHE_INTERVAL)."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=None)
+def declared_variables() -> dict[str, Variable]:
+    """Every DG_* variable the optimizers declare, by name; one shared by several optimizers must have one
+    default (else the declarations contradict each other: an error)."""
+    from diffgentor.optimize.registry import load_all
+
+    found: dict[str, Variable] = {}
+    for cls in load_all().values():
+        for declared in cls.env_variables:
+            default = cls.settings_default(declared.field)
+            known = found.get(declared.name)
+            if known is None:
+                found[declared.name] = Variable(declared.name, default, declared.help, declared.choices)
+            elif known.default != default:
+                raise ConfigError(f"{declared.name}: {cls.name} declares default {default!r}, another "
+                                  f"optimizer {known.default!r}")
+            else:
+                first, _, text = known.help.partition(": ")
+                other, _, _ = declared.help.partition(": ")
+                found[declared.name] = Variable(declared.name, default, f"{first} / {other}: {text}",
+                                                known.choices)
+    return found
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def documented_variables() -> dict[str, str]:
+    """name -> what it sets and its default, as `diffgentor --help` prints them."""
+    return {name: f"{v.help} (default {_shown(v.default)})" for name, v in declared_variables().items()}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -80,13 +116,25 @@ def parse_env_value(name: str, raw: str, default: Any) -> Any:
         return _parse_list(name, raw, list(default))
     if not raw.strip():
         raise ConfigError(f"{name} is set but empty: unset it or give a value")
-    if name in CHOICES and raw.strip() not in CHOICES[name]:
-        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(CHOICES[name])}: set e.g. {name}={default}")
+    choices = declared_variables()[name].choices if name in declared_variables() else ()
+    if choices and raw.strip() not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}: set e.g. {name}={default}")
     return raw.strip()
 
 
-def _env_resolver(name: str, default: Any = None) -> Any:
-    if isinstance(default, ListConfig):
+_DECLARED = object()
+
+
+def _env_resolver(name: str, default: Any = _DECLARED) -> Any:
+    """`${dg.env:NAME}`: the variable, else its declared default; `${dg.env:NAME,default}` (a user's own
+    config, for a variable no optimizer declares) gives the default itself."""
+    if default is _DECLARED:
+        variable = declared_variables().get(name)
+        if variable is None:
+            raise ConfigError(f"${{dg.env:{name}}}: no optimizer declares {name}, so it has no default: give "
+                              f"one as ${{dg.env:{name},DEFAULT}}, or use one of {', '.join(declared_variables())}")
+        default = variable.default
+    elif isinstance(default, ListConfig):
         default = OmegaConf.to_container(default)
     raw = os.environ.get(name)
     if raw is None:
@@ -95,6 +143,6 @@ def _env_resolver(name: str, default: Any = None) -> Any:
 
 
 def register_resolvers() -> None:
-    """Make `${dg.env:NAME,default}` available to configs (idempotent)."""
+    """Make `${dg.env:NAME}` available to configs (idempotent)."""
     if not OmegaConf.has_resolver("dg.env"):
         OmegaConf.register_new_resolver("dg.env", _env_resolver)

@@ -19,7 +19,7 @@ import torch
 
 from diffgentor import cli
 from diffgentor.errors import ConfigError
-from diffgentor.envvars import DOCUMENTED_VARIABLES
+from diffgentor.envvars import documented_variables
 from diffgentor.families import FAMILIES
 from diffgentor.run import resolve_config
 from diffgentor.t2i import COMPILE_FROM_ENV_OPTION
@@ -386,7 +386,7 @@ def _setting(run_cfg, dotted: str):
                          ids=[f"{c[1]}-{c[3]}" for c in ENV_CASES])
 def test_env_variable_sets_the_option_the_flag_selects(flags, variable, raw, setting, parsed, default,
                                                        monkeypatch):
-    for name in DOCUMENTED_VARIABLES:
+    for name in documented_variables():
         monkeypatch.delenv(name, raising=False)
     overrides = cli.translate(parse(flags))
     assert _setting(resolve_config(compose_config(overrides)), setting) == default
@@ -395,7 +395,7 @@ def test_env_variable_sets_the_option_the_flag_selects(flags, variable, raw, set
 
 
 def test_every_documented_variable_is_exercised():
-    assert {c[1] for c in ENV_CASES} == set(DOCUMENTED_VARIABLES)
+    assert {c[1] for c in ENV_CASES} == set(documented_variables())
 
 
 @pytest.mark.parametrize("env, flags, needle", [
@@ -428,7 +428,7 @@ def test_env_variable_reaches_the_plan_through_both_front_ends(front_end, tmp_pa
 def test_top_level_help_lists_commands_and_variables(capsys):
     code, out, _ = run_main(["--help"], capsys)
     assert code == 0
-    for word in ("t2i", "report", "support", *DOCUMENTED_VARIABLES):
+    for word in ("t2i", "report", "support", *documented_variables()):
         assert word in out
 
 
@@ -441,7 +441,7 @@ def test_t2i_help_groups_flags_and_shows_defaults(capsys):
                  "--enable_tf32", "--no-enable_tf32", "--enable_compile", "--attention_backend",
                  "--enable_xformers", "--enable_fuse_qkv", "--cache_type", "--num_inference_steps",
                  "--guidance_scale", "--height", "--width", "--seed", "--num_images_per_prompt", "--batch_size",
-                 "--dry_run", *DOCUMENTED_VARIABLES):
+                 "--dry_run", *documented_variables()):
         assert flag in out, flag
     assert "(default: on)" in out and "black-forest-labs/FLUX.1-dev" in out
     assert "max-autotune-no-cudagraphs" in out

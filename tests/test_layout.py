@@ -38,3 +38,27 @@ def test_private_library_names_are_touched_in_internals_only():
     # and internals.py does touch them (so the check above looks for what exists)
     internals = (PACKAGE / "internals.py").read_text(encoding="utf-8")
     assert _private_imports(ast.parse(internals)) and PRIVATE_ATTRIBUTES.findall(internals)
+
+
+def test_each_declared_variable_has_its_default_in_one_place():
+    """conf/ reads DG_* variables as ${dg.env:NAME}: the default is the optimizer's Settings default, never
+    written again in a YAML file."""
+    from diffgentor.envvars import declared_variables
+
+    conf = PACKAGE.parent / "conf"
+    written = {m.group(1) for path in conf.rglob("*.yaml")
+               for m in re.finditer(r"\$\{dg\.env:(DG_\w+),", path.read_text(encoding="utf-8"))}
+    read = {m.group(1) for path in conf.rglob("*.yaml")
+            for m in re.finditer(r"\$\{dg\.env:(DG_\w+)\}", path.read_text(encoding="utf-8"))}
+    assert written & set(declared_variables()) == set()
+    assert read == set(declared_variables())
+
+
+def test_the_readme_lists_every_variable_with_its_declared_default():
+    from diffgentor.envvars import declared_variables, documented_variables
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(DG_\w+)` \| ([^|]+) \|", readme, re.M))
+    assert set(rows) == set(declared_variables())
+    for name, text in documented_variables().items():
+        assert text.endswith(f"(default {rows[name].strip()})"), (name, rows[name])

@@ -39,6 +39,18 @@ class Conflict:
 
 
 @dataclass(frozen=True)
+class EnvVariable:
+    """A DG_* variable the product document promises: it sets `field` of the optimizer's Settings, whose
+    dataclass default is the variable's default (declared there once; conf/ reads it as `${dg.env:NAME}`)."""
+
+    name: str
+    field: str
+    help: str
+    #: The values it may take, when only some are valid (checked when the config resolves).
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Target:
     """What the run will load, resolved once before load: every optimizer checks and applies against it."""
 
@@ -64,6 +76,16 @@ class Optimizer:
     refused_because: ClassVar[str] = ""
     #: Pairs refused (or warned about) when this optimizer's tags meet another's (see tags()).
     conflicts: ClassVar[tuple[Conflict, ...]] = ()
+    #: The DG_* variables that set its settings (envvars.py derives the table, defaults and checks).
+    env_variables: ClassVar[tuple[EnvVariable, ...]] = ()
+
+    @classmethod
+    def settings_default(cls, field_name: str) -> Any:
+        """The Settings dataclass's default for `field_name` (its default_factory called)."""
+        from dataclasses import MISSING, fields
+
+        found = {f.name: f for f in fields(cls.Settings)}[field_name]
+        return found.default_factory() if found.default is MISSING else found.default
 
     def __init__(self, settings: Any = None, target: Optional[Target] = None):
         self.settings = settings

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from diffgentor.errors import ConfigError, UnsupportedError
-from diffgentor.optimize.base import Conflict, Optimizer
+from diffgentor.optimize.base import Conflict, EnvVariable, Optimizer
 from diffgentor.optimize.registry import register
 from diffgentor.optimize.targets import check_component_names, component_mapping, resolve_components
 
@@ -155,6 +155,9 @@ class Compile(Optimizer):
     stage = "compile"
     config_group = "compile"
     Settings = CompileSettings
+    env_variables = (EnvVariable("DG_COMPILE_MODE", "mode", "torch.compile mode", choices=MODES),
+                     EnvVariable("DG_COMPILE_FULLGRAPH", "fullgraph", "torch.compile fullgraph"),
+                     EnvVariable("DG_COMPILE_COMPONENTS", "components", "pipeline components to compile, comma separated"))
     conflicts = (
         # CUDA graphs replay into the same static buffers on every call; a cache keeps tensors from one
         # denoiser call for the next (residuals, features, Taylor factors), which the next replay overwrites.

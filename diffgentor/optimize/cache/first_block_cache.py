@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
 from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
+from diffgentor.optimize.base import EnvVariable
 from diffgentor.optimize.registry import register
 
 
@@ -34,6 +35,7 @@ class FirstBlockCache(CacheOptimizer):
     refused_because = ("diffusers' block hooks need DiT blocks its registry knows: UNets have none (IndexError), Sana's"
                        " are not registered")
     Settings = FirstBlockCacheSettings
+    env_variables = (EnvVariable("DG_FBC_THRESHOLD", "threshold", "first_block_cache: residual similarity threshold"),)
     cache_tags = (HOOK_CACHE_TAG,)
     needs_cache_context = True
     conflicts = HOOK_CACHE_CONFLICTS

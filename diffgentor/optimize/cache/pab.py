@@ -11,6 +11,7 @@ from typing import Any, Callable, List, Optional
 
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least, require_range
 from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
+from diffgentor.optimize.base import EnvVariable
 from diffgentor.optimize.registry import register
 
 
@@ -44,6 +45,9 @@ class PyramidAttentionBroadcast(CacheOptimizer):
     refused_because = ("PAB hooks DiT attention; UNets are not wired, Sana's linear attention is untested, and "
                        "QwenImage's separate cond/uncond calls would share PAB's per-layer state")
     Settings = PabSettings
+    env_variables = (EnvVariable("DG_PAB_SPATIAL_SKIP", "spatial_skip_range", "pab: spatial attention block skip range"),
+                     EnvVariable("DG_PAB_TIMESTEP_SKIP", "timestep_skip_range",
+                                 "pab: timestep range in which attention is skipped"))
     cache_tags = (HOOK_CACHE_TAG,)
     needs_cache_context = True
     conflicts = HOOK_CACHE_CONFLICTS

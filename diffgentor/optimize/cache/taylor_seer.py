@@ -14,6 +14,7 @@ from diffgentor.errors import ConfigError
 from diffgentor.internals import hooks_by_name
 from diffgentor.optimize.cache.base import CacheOptimizer, require_at_least
 from diffgentor.optimize.cache.diffusers_hooks import HOOK_CACHE_CONFLICTS, HOOK_CACHE_TAG, install_hook_cache
+from diffgentor.optimize.base import EnvVariable
 from diffgentor.optimize.registry import register
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -61,6 +62,7 @@ class TaylorSeer(CacheOptimizer):
     families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
     refused_because = "TaylorSeer hooks DiT blocks and attention by name; UNets and Sana are not wired"
     Settings = TaylorSeerSettings
+    env_variables = (EnvVariable("DG_CACHE_INTERVAL", "cache_interval", "taylor_seer: steps between full computations"),)
     cache_tags = (HOOK_CACHE_TAG,)
     needs_cache_context = True
     conflicts = HOOK_CACHE_CONFLICTS
