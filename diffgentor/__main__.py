@@ -111,6 +111,14 @@ def main() -> None:
 
     if print_app_help(sys.argv[1:]):
         return
+    from diffgentor.errors import MissingPackageError
+    from diffgentor.launchers import check_launcher_plugin
+
+    try:
+        check_launcher_plugin(sys.argv[1:])
+    except MissingPackageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     from diffgentor.record import session_id
 
     session_id()  # before any job or launcher starts: every job of this invocation shares it

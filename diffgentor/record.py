@@ -163,6 +163,7 @@ def environment(device: str) -> dict:
         "diffgentor": _version("diffgentor"),
         "host": platform.node(),
         "session": session_id(),
+        "pid": os.getpid(),
         "device": device,
         "device_name": gpu["name"] if gpu else _cpu_name(),
         "gpu": gpu,

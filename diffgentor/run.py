@@ -73,12 +73,27 @@ class Prepared:
     jobs: list[ImageJob]
 
 
+def job_device(requested: str) -> str:
+    """resolve_device, and with `auto` on a node whose GPUs run a sweep's jobs in parallel (joblib), job N's
+    own GPU: cuda:(N % GPUs)."""
+    device = resolve_device(requested)
+    if requested == "auto" and device == "cuda":
+        import torch
+
+        from diffgentor.launchers import parallel_job_gpu
+
+        index = parallel_job_gpu(torch.cuda.device_count())
+        if index is not None:
+            return f"cuda:{index}"
+    return device
+
+
 def prepare(run_cfg: Any) -> Prepared:
     """Everything before load: device, model source and family, the plan, the image jobs, and every refusal
     (raised by plan.raise_if_refused(), after a dry run has printed the plan)."""
     values = problems(run_cfg)
     try:
-        device = resolve_device(run_cfg.device)
+        device = job_device(run_cfg.device)
         source = resolve_source(run_cfg.model, run_cfg.cache_dir)
     except DiffgentorError as exc:  # nothing to plan for: the values' problems and this one
         if not values:

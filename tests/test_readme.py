@@ -25,6 +25,10 @@ README = REPO / "README.md"
 #: Commands that name something only a reader has; covered where named.
 PLACEHOLDER_COMMANDS = {
     "diffgentor report SWEEP_DIR": "tests/test_cli.py rebuilds a real sweep's report",
+    "python -m diffgentor -m hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.account=myproj "
+    "+experiment=cache_methods": "a SLURM cluster; tests/test_launchers.py runs the same submitit plugin locally",
+    "python -m diffgentor -m hydra/launcher=ray_cluster +experiment=cache_methods":
+        "diffgentor[ray], which the test environment cannot hold beside joblib (cloudpickle<3 vs >=3)",
 }
 #: A placeholder path in a command, and what stands in for it here.
 PLACEHOLDER_PATHS = {"/models/my-diffusers-folder": str(REPO / "diffgentor" / "testbed" / "weights" / "shapes-flux")}

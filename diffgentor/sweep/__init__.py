@@ -29,7 +29,7 @@ from diffgentor.sweep.files import (GRID_PNG, PARETO_PNG, SUMMARY_CSV, SUMMARY_J
 from diffgentor.sweep.jobs import SweepError, collect_jobs, yaml_path
 from diffgentor.sweep.plots import write_grid, write_pareto
 from diffgentor.sweep.quality import Lpips
-from diffgentor.sweep.rows import build_rows, timing_notes
+from diffgentor.sweep.rows import build_rows, memory_notes, timing_notes
 
 
 def _baseline_from_sweep_config(sweep_dir: Path) -> Optional[str]:
@@ -61,9 +61,7 @@ def write_report(sweep_dir: Path, baseline: Optional[str] = None) -> Summary:
             summary.notes.append(f"job {row['job']} ({row['label']}): {row['images_missing']} of {total} images "
                                  f"missing or unreadable; its quality is over {row['quality_pairs']} image pairs")
     summary.notes += timing_notes(jobs, rows)
-    if any(row["memory_kind"] == "process_peak_rss" for row in rows):
-        summary.notes.append("peak memory on CPU is the process's peak RSS: jobs of one multirun share a "
-                             "process, so it carries over from earlier jobs")
+    summary.notes += memory_notes(jobs, rows)
     write_json_atomic(sweep_dir / SUMMARY_JSON, summary.to_json())
     write_csv(sweep_dir / SUMMARY_CSV, rows)
     write_md(sweep_dir / SUMMARY_MD, summary)

@@ -105,6 +105,20 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
     return rows
 
 
+def memory_notes(jobs: list[Job], rows: list[dict]) -> list[str]:
+    """What peak memory means here: each job's own where every job had its own process (joblib, submitit,
+    SLURM), carried over where jobs shared one (Hydra's basic launcher, or a reused worker: a CPU peak RSS
+    never goes down)."""
+    finished = [job.record.get("environment") or {} for job in jobs if job.ok]
+    processes = {(env.get("host"), env.get("pid")) for env in finished}
+    if len(finished) > 1 and len(processes) == len(finished):
+        return ["each job ran in its own process: peak memory is each job's own"]
+    if len(processes) < len(finished) and any(row["memory_kind"] == "process_peak_rss" for row in rows):
+        return ["peak memory on CPU is the process's peak RSS: jobs of one multirun share a process, so it "
+                "carries over from earlier jobs"]
+    return []
+
+
 def _grouped(values: dict[int, Any]) -> str:
     """'warmup 0: jobs 1, 3; warmup 1: jobs 0, 2' style listing of which job has which value."""
     by_value: dict[str, list[int]] = {}
