@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from diffgentor.config import CONFIG_DIR, register_configs
+from diffgentor.distributed import world_from_env
 from diffgentor.errors import user_message
 from diffgentor.signals import Terminated, interrupt_of, sigterm_raises
 
@@ -97,6 +98,8 @@ def hydra_app(cfg: DictConfig) -> None:
             raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
+    if data is not None and "distributed" not in data and world_from_env() is not None:
+        return None  # a rank other than 0: rank 0 says what the whole run wrote
     if data is not None:
         images = len(data["images"])
         print(f"wrote {images} image{'s' * (images != 1)} to {run_dir / 'images'}  (record: {run_dir / 'run.json'})")
@@ -119,6 +122,16 @@ def main() -> None:
     except MissingPackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    from diffgentor.distributed import start
+
+    world = world_from_env()
+    if world is not None:
+        if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+            print("error: a multirun under torchrun would run every job on every rank; run one configuration "
+                  "per torchrun, or spread a sweep's jobs with a launcher (hydra/launcher=parallel)",
+                  file=sys.stderr)
+            sys.exit(1)
+        sys.argv += start(world, sys.argv[1:])
     from diffgentor.record import session_id
 
     session_id()  # before any job or launcher starts: every job of this invocation shares it

@@ -45,3 +45,8 @@ def root_default(key: str) -> str:
     if isinstance(raw, str) and raw.startswith("${model."):
         return "the model entry's"
     return str(raw)
+
+
+def root_raw() -> dict:
+    """conf/config.yaml's own keys (hydra.* included), interpolations left unresolved."""
+    return _raw_yaml(CONFIG_DIR / "config.yaml")

@@ -23,6 +23,7 @@ from diffgentor.accelerator import end_of_job_cleanup, peak_memory
 from diffgentor.config import resolve_config
 from diffgentor.console import no_loading_bars
 from diffgentor.errors import ConfigError, DiffgentorError
+from diffgentor.distributed import RANKS_DIR, World, agree, current_world, merge_records, rank_device, shard
 from diffgentor.generate import GenerationSettings, generate, run_batch
 from diffgentor.loaded_models import LOADED, ModelKey, in_process_multirun
 from diffgentor.optimize.base import Target
@@ -32,7 +33,7 @@ from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_
 from diffgentor.prompts import ImageJob, PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, record_size_bound, save_image
 from diffgentor.resume import failure_message, record_failure
-from diffgentor.runfolder import own_run_folder
+from diffgentor.runfolder import FolderInUseError, own_run_folder
 from diffgentor.signals import interrupt_of
 from diffgentor.threads import torch_threads
 from diffgentor.validate import MAX_SIDE_PX, InvalidConfigError, problems
@@ -76,7 +77,7 @@ class Prepared:
 def job_device(requested: str) -> str:
     """resolve_device, and with `auto` on a node whose GPUs run a sweep's jobs in parallel (joblib), job N's
     own GPU: cuda:(N % GPUs)."""
-    device = resolve_device(requested)
+    device = rank_device(resolve_device(requested), current_world())
     if requested == "auto" and device == "cuda":
         import torch
 
@@ -133,7 +134,9 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
     """Run one configuration into `run_dir`; returns run.json's data (None for a dry run).
 
     A run refused before load (a config value, the plan, the prompts) still leaves run.json, status "refused"
-    with every reason, so a sweep's summary and a later look can tell why."""
+    with every reason, so a sweep's summary and a later look can tell why. Under torchrun each rank generates
+    its share of the images into the same folder (distributed.py)."""
+    world = current_world()
     try:
         run_cfg = resolve_config(cfg)
         prepared = prepare(run_cfg)
@@ -145,7 +148,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         if run_cfg.dry_run:
             return None
     except DiffgentorError as exc:
-        if OmegaConf.select(cfg, "dry_run") is not True:
+        if OmegaConf.select(cfg, "dry_run") is not True and (world is None or world.rank == 0):
             log.info("refused before load: %s", exc)
             with contextlib.suppress(OSError):  # an unwritable folder must not hide the refusal itself
                 record_failure(run_dir, cfg, overrides, exc, status="refused")
@@ -154,18 +157,22 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         log.warning(warning)
     log.info("model %s (%s, %s) on %s; plan: %s", source.model_id, source.family, source.location, device,
              ", ".join(step.name for step in plan.steps) or "no optimizations")
-    job_batches = batches(jobs, run_cfg.batch_size)
+    job_batches = batches(shard(jobs, world), run_cfg.batch_size)
+    header = {
+        "config": config_as_dict(cfg),
+        "overrides": list(overrides),
+        "model": {"id": source.model_id, "family": source.family, "pipeline_class": source.pipeline_class,
+                  "location": source.location},
+        "environment": environment(device),
+        "warnings": list(plan.warnings),
+    }
+    reserve = record_size_bound([job.prompt for job in jobs])
 
-    with own_run_folder(run_dir, run_cfg.resume, run_cfg.overwrite), torch_threads(run_cfg.threads) as threads:
-        record = RunRecord(run_dir, {
-            "config": config_as_dict(cfg),
-            "overrides": list(overrides),
-            "model": {"id": source.model_id, "family": source.family, "pipeline_class": source.pipeline_class,
-                      "location": source.location},
-            "threads": threads,
-            "environment": environment(device),
-            "warnings": list(plan.warnings),
-        }, reserve_bytes=record_size_bound([job.prompt for job in jobs]))
+    with contextlib.ExitStack() as held:
+        record_dir = _hold_run_folder(held, run_dir, run_cfg, world)
+        threads = held.enter_context(torch_threads(run_cfg.threads))
+        record = RunRecord(record_dir, {**header, "threads": threads}, reserve_bytes=reserve)
+        failure: Optional[BaseException] = None
         try:
             _generate_into(record, run_cfg, source, plan, job_batches, run_dir)
         except BaseException as exc:
@@ -174,12 +181,57 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
             # the traceback would keep the loaded pipeline (a local of a finished frame) alive for as long as
             # the exception lives: in a multirun Hydra keeps it with the job's result, GPU memory included
             traceback.clear_frames(exc.__traceback__)
-            raise
+            failure = exc
         finally:
             end_of_job_cleanup(device)  # the pipeline is gone; the next job of a sweep starts as a fresh process
+        if world is not None:
+            failure = _merge_ranks(record, world, failure)
+        if failure is not None:
+            raise failure
     record.finish("ok")
     log.info("run ok: %d images, record %s", len(record.data["images"]), record.path)
     return record.data
+
+
+def _hold_run_folder(held: contextlib.ExitStack, run_dir: Path, run_cfg: Any, world: Optional[World]) -> Path:
+    """Own the run folder (rank 0 alone under torchrun, the others wait for its verdict before writing);
+    returns where this process keeps its run.json."""
+    if world is None:
+        held.enter_context(own_run_folder(run_dir, run_cfg.resume, run_cfg.overwrite))
+        return run_dir
+    refusal = None
+    if world.rank == 0:
+        try:
+            held.enter_context(own_run_folder(run_dir, run_cfg.resume, run_cfg.overwrite))
+        except DiffgentorError as exc:
+            refusal = exc
+    verdict = agree(str(refusal) if refusal else None)[0]
+    if refusal is not None:
+        raise refusal
+    if verdict is not None:
+        raise FolderInUseError(verdict)
+    if world.rank == 0:
+        return run_dir
+    own = run_dir / RANKS_DIR / f"rank{world.rank}"
+    own.mkdir(parents=True, exist_ok=True)
+    return own
+
+
+def _merge_ranks(record: RunRecord, world: World, failure: Optional[BaseException]) -> Optional[BaseException]:
+    """Every rank reports (ok or not) to all; rank 0 writes the merged run.json. Returns the failure this
+    process ends with: its own, or on rank 0 the first other rank's."""
+    records = agree(record.data)
+    if world.rank != 0:
+        return failure
+    record.update(**merge_records(records))
+    failed = [(rank, r) for rank, r in enumerate(records) if r.get("status") not in ("running", "ok")]
+    if failure is None and failed:
+        rank, other = failed[0]
+        failure = DiffgentorError(f"rank {rank} of {world.size}: {other.get('error')}")
+        record.finish(other.get("status"), error=str(failure))
+    elif failure is not None:
+        record.finish(record.data["status"], error=record.data.get("error"))
+    return failure
 
 
 def warmup_passes(requested: int, plan: Plan, record: RunRecord) -> int:

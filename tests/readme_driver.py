@@ -24,6 +24,10 @@ def run_one(argv: list[str]) -> int:
             entry.main()
         elif argv[0] == "diffgentor":
             cli.main(argv[1:])
+        elif argv[0] == "torchrun":  # several processes by nature: torch's own launcher, as the shell would
+            import subprocess
+
+            return subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:]]).returncode
         else:
             raise ValueError(f"not a diffgentor command: {argv}")
     except SystemExit as exc:

@@ -83,7 +83,7 @@ def _as_run_here(command: str, testbed_cache: Path) -> list[str]:
     for placeholder, stand_in in PLACEHOLDER_PATHS.items():
         command = command.replace(placeholder, stand_in)
     argv = shlex.split(command)
-    if argv[:2] in (["diffgentor", "t2i"], ["python", "-m"]):
+    if argv[:2] in (["diffgentor", "t2i"], ["python", "-m"]) or argv[0] == "torchrun":
         if any(hub in command for hub in HUB_MODELS) or "+experiment=" in command:
             argv = _dry(argv)
         extra = [f"cache_dir={testbed_cache}", "progress=false"]

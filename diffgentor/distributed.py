@@ -1,0 +1,104 @@
+"""Data parallel over a run's images: `torchrun --nproc_per_node=N -m diffgentor ...` (or `accelerate launch`).
+
+Every rank composes the same config and plans the same run; the image jobs are dealt out by rank
+(jobs[rank::world_size]), each keeping the seed and file name it has in a single-process run. All ranks write
+into ONE run folder: rank 0's clock names it (every rank is given conf/'s hydra.run.dir read at the time
+rank 0 broadcasts before Hydra starts), rank 0 holds the folder and run.json, the other ranks keep their partial records under
+`ranks/` and rank 0 merges them after all ranks finished (one gather: a rank that failed still reports, and
+the run is recorded as failed with that rank's error; the images that were written stay).
+
+torch.distributed does the communication (gloo on CPU, NCCL on CUDA); each rank runs on cuda:LOCAL_RANK.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional, Sequence
+
+#: Where ranks other than 0 keep their partial run.json, inside the run folder.
+RANKS_DIR = "ranks"
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+
+
+def world_from_env() -> Optional[World]:
+    """The torchrun / accelerate environment (RANK, WORLD_SIZE, LOCAL_RANK); None for a single process."""
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return None
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def current_world() -> Optional[World]:
+    """This process's World once start() ran (None in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return world_from_env()
+
+
+def start(world: World, argv: Sequence[str]) -> list[str]:
+    """Join the process group (gloo on CPU, NCCL where CUDA is); returns the override that names the one run
+    folder of every rank: conf/'s hydra.run.dir with its `${now:...}` read at rank 0's time (none when the
+    command line names the folder itself)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(dist.destroy_process_group)
+    moment = [datetime.now().timestamp()]
+    dist.broadcast_object_list(moment, src=0)
+    if any(arg.startswith("hydra.run.dir=") for arg in argv):
+        return []
+    from diffgentor.conf_options import root_raw
+
+    fixed = datetime.fromtimestamp(moment[0])
+    pattern = str(root_raw()["hydra"]["run"]["dir"])
+    return ["hydra.run.dir=" + re.sub(r"\$\{now:([^}]*)\}", lambda m: fixed.strftime(m.group(1)), pattern)]
+
+
+def shard(items: Sequence[Any], world: Optional[World]) -> list:
+    """This rank's share, dealt round-robin in order (deterministic, nothing doubled or missing)."""
+    return list(items) if world is None else list(items[world.rank::world.size])
+
+
+def rank_device(device: str, world: Optional[World]) -> str:
+    """cuda -> cuda:LOCAL_RANK, one GPU per rank; other devices unchanged."""
+    if world is not None and device == "cuda":
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def agree(value: Any) -> list:
+    """Every rank's `value`, on every rank (torch.distributed.all_gather_object)."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def merge_records(records: list[dict]) -> dict:
+    """Rank 0's run.json from every rank's record: all images (by file name), per-rank timings and devices,
+    and the whole run's throughput (the ranks generate at the same time: their images per second add up)."""
+    images = sorted((image for record in records for image in record.get("images", [])),
+                    key=lambda image: image["file"])
+    ranks = [{"rank": rank, "status": "ok" if record.get("status") == "running" else record.get("status"),
+              "error": record.get("error"),
+              "device": (record.get("environment") or {}).get("device"), "images": len(record.get("images", [])),
+              "timings": record.get("timings", {})} for rank, record in enumerate(records)]
+    rates = [r["timings"].get("images_per_s") for r in ranks]
+    return {"images": images,
+            "distributed": {"world_size": len(records), "ranks": ranks,
+                            "images_per_s": sum(rates) if rates and None not in rates else None}}
