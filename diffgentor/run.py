@@ -22,8 +22,8 @@ from tqdm import tqdm
 from diffgentor.accelerator import end_of_job_cleanup, peak_memory
 from diffgentor.config import resolve_config
 from diffgentor.console import no_loading_bars
-from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.distributed import RANKS_DIR, World, agree, current_world, merge_records, rank_device, shard
+from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, run_batch
 from diffgentor.loaded_models import LOADED, ModelKey, in_process_multirun
 from diffgentor.optimize.base import Target
@@ -163,7 +163,6 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         "overrides": list(overrides),
         "model": {"id": source.model_id, "family": source.family, "pipeline_class": source.pipeline_class,
                   "location": source.location},
-        "environment": environment(device),
         "warnings": list(plan.warnings),
     }
     reserve = record_size_bound([job.prompt for job in jobs])
@@ -171,7 +170,9 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
     with contextlib.ExitStack() as held:
         record_dir = _hold_run_folder(held, run_dir, run_cfg, world)
         threads = held.enter_context(torch_threads(run_cfg.threads))
-        record = RunRecord(record_dir, {**header, "threads": threads}, reserve_bytes=reserve)
+        # the environment after torch_threads: it records the threads this run uses
+        record = RunRecord(record_dir, {**header, "threads": threads, "environment": environment(device)},
+                           reserve_bytes=reserve)
         failure: Optional[BaseException] = None
         try:
             _generate_into(record, run_cfg, source, plan, job_batches, run_dir)

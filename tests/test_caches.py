@@ -356,21 +356,7 @@ def test_seed_environment_variables_are_the_defaults_and_overrides_win(make_conf
     assert resolve_config(make_config(["+cache=taylor_seer"])).cache.cache_interval == 5
 
 
-# ---- cache + torch.compile ------------------------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_cache_and_torch_compile_together(make_config, tmp_path):
-    """FirstBlockCache under torch.compile (the compile stage runs after the cache stage): the compiled
-    denoiser still skips, and the counting still sees it."""
-    data = execute(make_config(["+cache=first_block_cache", "cache.threshold=0.5", "+compile=default",
-                                "compile.coordinate_descent_tuning=false", "steps=4"]), tmp_path, [])
-    records = {o["name"]: o for o in data["optimizations"]}
-    assert records["compile"]["evidence"]["dynamo"]["graphs"] > 0
-    evidence = records["first_block_cache"]["evidence"]
-    assert evidence["steps_run"] == 4 * evidence["generations"] and 0.0 < evidence["compute_fraction"] < 1.0
-    # the compiled generations skip exactly like the first one (the skip decision survives compilation)
-    assert len(set(evidence["last_generation_call_fractions"])) > 1
-
+# ---- cache + torch.compile: tests/test_compile.py (every FLUX cache with regional and whole compile) ---------
 
 def test_the_timed_calls_carry_no_instrument_and_the_evidence_pass_matches_them(make_config, tmp_path,
                                                                                 monkeypatch):

@@ -74,9 +74,33 @@ def test_a_sweep_reuses_the_pipeline_and_matches_fresh_runs(model, tmp_path, tes
     assert all(not np.array_equal(fresh[name], fresh["none"]) for name in ("cache", "lwc"))
 
 
-def test_reuse_model_false_loads_every_job(tmp_path, testbed_cache):
-    result = run_cli(["-m", "model=tiny-flux", *COMMON, "+cache=none,none", "reuse_model=false",
-                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, testbed_cache=testbed_cache)
-    assert result.returncode == 0, result.stderr
-    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/run.json"))]
-    assert [(r["model_reused"], r["model_reuse_reason"]) for r in records] == [(False, "reuse_model=false")] * 2
+def test_reuse_model_false_or_an_offload_loads_every_job(make_config):
+    """Inside a multirun of the basic launcher a job is kept for the next one, unless reuse_model=false or
+    the pipeline is offloaded (its hooks place the weights)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from diffgentor.internals import BASIC_LAUNCHER
+    from diffgentor.run import prepare, resolve_config, reuse_key
+
+    from test_launchers import compose_config_with_hydra
+
+    hydra_cfg = compose_config_with_hydra()
+    with open_dict(hydra_cfg):
+        hydra_cfg.hydra.mode = RunMode.MULTIRUN
+        hydra_cfg.hydra.launcher = {"_target_": BASIC_LAUNCHER}
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        def key(overrides):
+            run_cfg = resolve_config(make_config(["model=tiny-flux", *overrides]))
+            prepared = prepare(run_cfg)
+            return reuse_key(run_cfg, prepared.source, prepared.plan)
+
+        kept, _ = key([])
+        assert kept is not None and kept.device == "cpu"
+        assert key(["reuse_model=false"]) == (None, "reuse_model=false")
+        assert key(["+memory=group_offload"])[1].startswith("an offloaded pipeline is never reused")
+    finally:
+        HydraConfig.instance().cfg = saved

@@ -5,7 +5,8 @@ folder, in README order, in one process (tests/readme_driver.py) with this sessi
 progress bars added: on the embedded models in full; on hub models, and for sweeps of a whole experiment,
 as a dry run (the config composes, the plan is built and printed, nothing is downloaded). Left out, each for
 its reason: the pip installs (.ci/run does them), the test command itself, and commands with a placeholder
-that only the reader can fill (listed in PLACEHOLDER_COMMANDS). A shell loop's body runs once; a command the README repeats runs once.
+that only the reader can fill (listed in PLACEHOLDER_COMMANDS), and commands another test runs in full
+(COVERED_ELSEWHERE). A shell loop's body runs once; a command the README repeats runs once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ PLACEHOLDER_COMMANDS = {
     "+experiment=cache_methods": "a SLURM cluster; tests/test_launchers.py runs the same submitit plugin locally",
     "python -m diffgentor -m hydra/launcher=ray_cluster +experiment=cache_methods":
         "diffgentor[ray], which the test environment cannot hold beside joblib (cloudpickle<3 vs >=3)",
+}
+#: Commands run elsewhere already, in full and with their results checked (the suite's time is kept short).
+COVERED_ELSEWHERE = {
+    "python -m diffgentor -m hydra/launcher=parallel hydra.launcher.n_jobs=8 +experiment=cache_methods":
+        "tests/test_launchers.py (the parallel preset, a sweep of its own)",
+    "python -m diffgentor -m hydra/launcher=processes +cache=none,first_block_cache": "tests/test_launchers.py",
+    "torchrun --standalone --nproc_per_node=2 -m diffgentor model=tiny-flux num_images_per_prompt=4 steps=4":
+        "tests/test_distributed.py (2 ranks against a single process, pixel for pixel)",
 }
 #: A placeholder path in a command, and what stands in for it here.
 PLACEHOLDER_PATHS = {"/models/my-diffusers-folder": str(REPO / "diffgentor" / "testbed" / "weights" / "shapes-flux")}
@@ -93,6 +102,7 @@ def _as_run_here(command: str, testbed_cache: Path) -> list[str]:
 
 def test_the_readme_lists_its_commands():
     commands = readme_commands()
+    assert set(PLACEHOLDER_COMMANDS) | set(COVERED_ELSEWHERE) <= set(commands)  # no stale exclusion
     assert "python -m diffgentor" in commands  # the main job of the two commands
     assert len(commands) >= 15, commands
 
@@ -101,7 +111,7 @@ def test_the_readme_lists_its_commands():
 def test_every_readme_command_runs_as_written(tmp_path, testbed_cache):
     diffgentor_argvs, shell = [], []
     for command in readme_commands():
-        if command in PLACEHOLDER_COMMANDS:
+        if command in PLACEHOLDER_COMMANDS or command in COVERED_ELSEWHERE:
             continue
         if command.startswith("python -c"):
             shell.append(command)  # a helper line writing a file the next command reads
