@@ -68,8 +68,13 @@ def _seed_id(command: str) -> str:
     return re.sub(r'"[^"]*"\s*|--backend \S+ |--prompt ', "", flags).replace("--", "").replace(" ", "+")
 
 
+#: What every seed command here passes through: the session's testbed cache, no bars, and one timed call
+#: (these tests check what a command runs and records, not its timing spread).
+TEST_PASSTHROUGH = ("progress=false", "benchmark.min_timed_calls=1")
+
+
 def cli_cmd(args: list[str], testbed_cache: Path, passthrough: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "diffgentor.cli", *args, "--", f"cache_dir={testbed_cache}", "progress=false",
+    return [sys.executable, "-m", "diffgentor.cli", *args, "--", f"cache_dir={testbed_cache}", *TEST_PASSTHROUGH,
             *passthrough]
 
 
@@ -159,7 +164,7 @@ def test_seed_command_runs_with_the_testbed(command, tmp_path, testbed_cache):
     data = single_record(tmp_path)
     assert data["status"] == "ok"
     assert data["config"]["model"]["name"] == TESTBED_FOR[seed_argv(command, testbed=False)[4]]
-    assert data["overrides"] == cli.translate(args) + [f"cache_dir={testbed_cache}", "progress=false"]
+    assert data["overrides"] == cli.translate(args) + [f"cache_dir={testbed_cache}", *TEST_PASSTHROUGH]
     records = {o["name"]: o for o in data["optimizations"]}
     for name, params in expected_records(argv[1:]).items():
         assert name in records, (name, list(records))
