@@ -3,9 +3,10 @@
 Every rank composes the same config and plans the same run; the image jobs are dealt out by rank
 (jobs[rank::world_size]), each keeping the seed and file name it has in a single-process run. All ranks write
 into ONE run folder: rank 0's clock names it (every rank is given conf/'s hydra.run.dir read at the time
-rank 0 broadcasts before Hydra starts), rank 0 holds the folder and run.json, the other ranks keep their partial records under
-`ranks/` and rank 0 merges them after all ranks finished (one gather: a rank that failed still reports, and
-the run is recorded as failed with that rank's error; the images that were written stay).
+rank 0 broadcasts before Hydra starts), rank 0 holds the folder and run.json, the other ranks keep their
+partial records under `ranks/` and rank 0 merges them after all ranks finished (one gather: a rank that
+failed still reports, and the run is recorded as failed with that rank's error; the images that were
+written stay).
 
 torch.distributed does the communication (gloo on CPU, NCCL on CUDA); each rank runs on cuda:LOCAL_RANK.
 """

@@ -51,7 +51,8 @@ def test_two_ranks_write_the_single_process_images(tmp_path, testbed_cache):
 
 def test_a_failing_rank_fails_the_run_and_keeps_the_finished_images(tmp_path, testbed_cache):
     result = _torchrun([str(REPO / "tests" / "rank_failure_driver.py")],
-                       [*COMMON, "num_images_per_prompt=4", "benchmark.warmup=0", "hydra.run.dir=run"], tmp_path, testbed_cache)
+                       [*COMMON, "num_images_per_prompt=4", "benchmark.warmup=0", "hydra.run.dir=run"], tmp_path,
+                       testbed_cache)
     assert result.returncode != 0
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "failed" and "rank 1 of 2" in record["error"] and "out of luck" in record["error"]

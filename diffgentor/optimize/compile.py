@@ -157,7 +157,8 @@ class Compile(Optimizer):
     Settings = CompileSettings
     env_variables = (EnvVariable("DG_COMPILE_MODE", "mode", "torch.compile mode", choices=MODES),
                      EnvVariable("DG_COMPILE_FULLGRAPH", "fullgraph", "torch.compile fullgraph"),
-                     EnvVariable("DG_COMPILE_COMPONENTS", "components", "pipeline components to compile, comma separated"))
+                     EnvVariable("DG_COMPILE_COMPONENTS", "components",
+                                 "pipeline components to compile, comma separated"))
     conflicts = (
         # CUDA graphs replay into the same static buffers on every call; a cache keeps tensors from one
         # denoiser call for the next (residuals, features, Taylor factors), which the next replay overwrites.

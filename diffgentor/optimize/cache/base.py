@@ -3,9 +3,10 @@
 A cache's life: `check` (optional package present? settings valid for this family?) before load; `apply`
 attaches the DenoiseTracker (generations, and the cache context some pipelines lack) and then the cache
 itself (`install`, which returns the function that takes it off again: diffusers' hooks through
-diffusers_hooks.install_hook_cache, DeepCache's helper, cache-dit); the timed calls run that alone; `instrument` attaches the ComputeCounter for the evidence
-pass after them; `evidence` reports what that pass measured, loudly flagging a run that skipped nothing;
-`remove` takes the measurement and the cache off, leaving the pipeline as it was.
+diffusers_hooks.install_hook_cache, DeepCache's helper, cache-dit); the timed calls run that alone;
+`instrument` attaches the ComputeCounter for the evidence pass after them; `evidence` reports what that
+pass measured, loudly flagging a run that skipped nothing; `remove` takes the measurement and the cache
+off, leaving the pipeline as it was.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ class DeepCache(CacheOptimizer):
     refused_because = "DeepCache caches the skip branches of a UNet; DiT pipelines have none"
     Settings = DeepCacheSettings
     env_variables = (EnvVariable("DG_CACHE_INTERVAL", "cache_interval", "deep_cache: steps between full computations"),
-                     EnvVariable("DG_CACHE_BRANCH_ID", "cache_branch_id", "deep_cache: UNet branch whose output is cached"))
+                     EnvVariable("DG_CACHE_BRANCH_ID", "cache_branch_id",
+                                 "deep_cache: UNet branch whose output is cached"))
     requires = ("DeepCache", "DeepCache", "deepcache")
     no_skip_hint = "Raise cache.cache_interval (DG_CACHE_INTERVAL) above 1, and run more steps than it."
     # Measured on tiny-sd: with the whole UNet compiled, DeepCache's wrapper hands dynamo a fresh cached

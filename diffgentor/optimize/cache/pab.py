@@ -45,7 +45,8 @@ class PyramidAttentionBroadcast(CacheOptimizer):
     refused_because = ("PAB hooks DiT attention; UNets are not wired, Sana's linear attention is untested, and "
                        "QwenImage's separate cond/uncond calls would share PAB's per-layer state")
     Settings = PabSettings
-    env_variables = (EnvVariable("DG_PAB_SPATIAL_SKIP", "spatial_skip_range", "pab: spatial attention block skip range"),
+    env_variables = (EnvVariable("DG_PAB_SPATIAL_SKIP", "spatial_skip_range",
+                                 "pab: spatial attention block skip range"),
                      EnvVariable("DG_PAB_TIMESTEP_SKIP", "timestep_skip_range",
                                  "pab: timestep range in which attention is skipped"))
     cache_tags = (HOOK_CACHE_TAG,)

@@ -62,7 +62,8 @@ class TaylorSeer(CacheOptimizer):
     families = frozenset({"flux", "sd3", "pixart", "qwenimage"})
     refused_because = "TaylorSeer hooks DiT blocks and attention by name; UNets and Sana are not wired"
     Settings = TaylorSeerSettings
-    env_variables = (EnvVariable("DG_CACHE_INTERVAL", "cache_interval", "taylor_seer: steps between full computations"),)
+    env_variables = (EnvVariable("DG_CACHE_INTERVAL", "cache_interval",
+                                 "taylor_seer: steps between full computations"),)
     cache_tags = (HOOK_CACHE_TAG,)
     needs_cache_context = True
     conflicts = HOOK_CACHE_CONFLICTS
