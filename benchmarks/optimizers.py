@@ -228,7 +228,7 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
     from diffgentor.accelerator import end_of_job_cleanup, peak_memory, reset_peak_memory, synchronize
     from diffgentor.optimize import apply_optimizations
     from diffgentor.optimize.plan import needs_evidence_pass
-    from diffgentor.run import COMPILED_CACHE_WARMUP
+    from diffgentor.run import warmup_passes
 
     if not torch.cuda.is_available():
         sys.exit("--gpu needs a CUDA device")
@@ -256,10 +256,9 @@ def gpu_benchmark(opts: argparse.Namespace) -> None:
                 synchronize("cuda")
                 return time.perf_counter() - start
 
-            compiled = any(o.startswith("+compile") for o in overrides)
-            cached = any(o.startswith("+cache") for o in overrides)
-            # as a run warms up: 2 generations where compile meets a cache (run.COMPILED_CACHE_WARMUP)
-            warmup_s = sum(image_s() for _ in range(COMPILED_CACHE_WARMUP if compiled and cached else 1))
+            compiled = any(step.name == "compile" for step in applied.plan.steps)
+            # as a run warms up: 2 generations where compile meets a cache (run.warmup_passes)
+            warmup_s = sum(image_s() for _ in range(warmup_passes(1, applied.plan)[0]))
             applied.before_timed_calls(pipe)
             reset_peak_memory("cuda")
             # as a run times: a recompile in a timed call fails the row instead of being timed

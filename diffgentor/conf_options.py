@@ -34,14 +34,13 @@ def model_entries() -> dict[str, dict]:
 
 def root_default(key: str) -> str:
     """A key's default in conf/config.yaml for --help (interpolations read as the model's value)."""
-    root = OmegaConf.load(CONFIG_DIR / "config.yaml")
+    root = root_raw()
     if key == "model":
         for item in root.get("defaults", []):
-            if isinstance(item, dict) or OmegaConf.is_dict(item):
-                if "model" in item:
-                    return str(item["model"])
+            if isinstance(item, dict) and "model" in item:
+                return str(item["model"])
         return "?"
-    raw = OmegaConf.to_container(root, resolve=False).get(key)
+    raw = root.get(key)
     if isinstance(raw, str) and raw.startswith("${model."):
         return "the model entry's"
     return str(raw)

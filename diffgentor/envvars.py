@@ -116,7 +116,8 @@ def parse_env_value(name: str, raw: str, default: Any) -> Any:
         return _parse_list(name, raw, list(default))
     if not raw.strip():
         raise ConfigError(f"{name} is set but empty: unset it or give a value")
-    choices = declared_variables()[name].choices if name in declared_variables() else ()
+    declared = declared_variables().get(name)
+    choices = declared.choices if declared else ()
     if choices and raw.strip() not in choices:
         raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}: set e.g. {name}={default}")
     return raw.strip()

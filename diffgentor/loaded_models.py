@@ -57,10 +57,6 @@ class LoadedModels:
         self._pipes.pop(key, None)
         self._dropped[key] = reason
 
-    def clear(self) -> None:
-        self._pipes.clear()
-        self._dropped.clear()
-
 
 #: The process's store: one per process, as Hydra's basic launcher runs every job of a multirun here.
 LOADED = LoadedModels()

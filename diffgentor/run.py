@@ -235,20 +235,18 @@ def _merge_ranks(record: RunRecord, world: World, failure: Optional[BaseExceptio
     return failure
 
 
-def warmup_passes(requested: int, plan: Plan, record: RunRecord) -> int:
-    """`benchmark.warmup`, raised to COMPILED_CACHE_WARMUP where compile and a cache meet (said in run.json's
-    warnings): one warmup generation leaves paths that a timed call would compile. 0 stays 0 (the user asked to
-    time the compiling calls)."""
-    names = {step.name for step in plan.steps}
+def warmup_passes(requested: int, plan: Plan) -> tuple[int, Optional[str]]:
+    """`benchmark.warmup`, raised to COMPILED_CACHE_WARMUP where compile and a cache meet, with the warning
+    that says so (else None): one warmup generation leaves paths that a timed call would compile. 0 stays 0
+    (the user asked to time the compiling calls)."""
+    compiled = any(step.name == "compile" for step in plan.steps)
     cached = any(step.optimizer.stage == "cache" for step in plan.steps)
-    if not (0 < requested < COMPILED_CACHE_WARMUP and "compile" in names and cached):
-        return requested
-    message = (f"benchmark.warmup={requested} raised to {COMPILED_CACHE_WARMUP}: with torch.compile and a cache "
-               "the first generation creates the cache's state, and paths only later generations take would "
-               "compile inside a timed call")
-    log.warning(message)
-    record.update(warnings=[*record.data.get("warnings", []), message])
-    return COMPILED_CACHE_WARMUP
+    if not (0 < requested < COMPILED_CACHE_WARMUP and compiled and cached):
+        return requested, None
+    return COMPILED_CACHE_WARMUP, (
+        f"benchmark.warmup={requested} raised to {COMPILED_CACHE_WARMUP}: with torch.compile and a cache the "
+        "first generation creates the cache's state, and paths only later generations take would compile "
+        "inside a timed call")
 
 
 def _generate_into(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job_batches: list,
@@ -316,7 +314,10 @@ def _load_and_generate(record: RunRecord, run_cfg: Any, source: Any, plan: Plan,
             log.info("applied %s in %.2f s", ", ".join(r.name for r in applied.records), optimize_s)
         record.update(timings={"load_s": load_s, "optimize_s": optimize_s}, dtype=str(dtype).replace("torch.", ""))
 
-        warmup = warmup_passes(run_cfg.benchmark.warmup, plan, record)
+        warmup, raised = warmup_passes(run_cfg.benchmark.warmup, plan)
+        if raised:
+            log.warning(raised)
+            record.update(warnings=[*record.data.get("warnings", []), raised])
         settings = GenerationSettings(
             steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
             width=run_cfg.width, device=device, warmup=warmup,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 # The one place the suite sets torch's CPU threads: before torch is imported here, and inherited by every
 # `python -m diffgentor` the tests start (a run's `threads: null` honours OMP_NUM_THREADS). These tests check
@@ -15,7 +17,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffgentor.config import register_configs
 
@@ -35,6 +37,25 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The config `python -m diffgentor OVERRIDES` would run with (hydra.* keys included)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []), return_hydra_config=False)
+
+
+@contextlib.contextmanager
+def as_hydra_job(**hydra_settings: Any) -> Iterator[None]:
+    """Run the block as inside a job of `python -m diffgentor` whose hydra.* node has these settings merged in
+    (e.g. mode, launcher, job={"num": 3}); Hydra's own state is put back after."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    with open_dict(cfg):
+        for key, value in hydra_settings.items():
+            OmegaConf.update(cfg.hydra, key, value, merge=True)
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = saved
 
 
 @pytest.fixture

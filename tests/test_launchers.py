@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from diffgentor.launchers import LAUNCHER_PLUGINS, PARALLEL_ON_ONE_NODE, parallel_job_gpu
 
-from conftest import CONF_DIR, run_cli
+from conftest import as_hydra_job, run_cli
 
 
 def _records(sweep_dir) -> dict[str, dict]:
@@ -65,21 +63,5 @@ def test_every_preset_names_its_plugin():
     ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", 5, None),  # SLURM gives each its own
 ])
 def test_parallel_jobs_on_one_node_take_one_gpu_each(target, num, expected):
-    hydra_cfg = compose_config_with_hydra()
-    with open_dict(hydra_cfg):
-        hydra_cfg.hydra.launcher = {"_target_": target}
-        hydra_cfg.hydra.job.num = num
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(hydra_cfg)
-    try:
+    with as_hydra_job(launcher={"_target_": target}, job={"num": num}):
         assert parallel_job_gpu(4) == expected
-    finally:
-        HydraConfig.instance().cfg = saved
-
-
-def compose_config_with_hydra():
-    """The composed config with its hydra.* node, as a job of `python -m diffgentor -m` sees it."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", return_hydra_config=True)

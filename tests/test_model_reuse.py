@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffgentor.run import execute
 
-from conftest import run_cli
+from conftest import as_hydra_job, run_cli
 
 #: The jobs of the sweep, as experiment/reuse/<name>.yaml options, and what each applies.
 PROBES = {"none": [], "cache": None, "fuse": ["fuse_qkv=true"],
@@ -77,22 +77,12 @@ def test_a_sweep_reuses_the_pipeline_and_matches_fresh_runs(model, tmp_path, tes
 def test_reuse_model_false_or_an_offload_loads_every_job(make_config):
     """Inside a multirun of the basic launcher a job is kept for the next one, unless reuse_model=false or
     the pipeline is offloaded (its hooks place the weights)."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import open_dict
 
     from diffgentor.internals import BASIC_LAUNCHER
     from diffgentor.run import prepare, resolve_config, reuse_key
 
-    from test_launchers import compose_config_with_hydra
-
-    hydra_cfg = compose_config_with_hydra()
-    with open_dict(hydra_cfg):
-        hydra_cfg.hydra.mode = RunMode.MULTIRUN
-        hydra_cfg.hydra.launcher = {"_target_": BASIC_LAUNCHER}
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(hydra_cfg)
-    try:
+    with as_hydra_job(mode=RunMode.MULTIRUN, launcher={"_target_": BASIC_LAUNCHER}):
         def key(overrides):
             run_cfg = resolve_config(make_config(["model=tiny-flux", *overrides]))
             prepared = prepare(run_cfg)
@@ -102,5 +92,3 @@ def test_reuse_model_false_or_an_offload_loads_every_job(make_config):
         assert kept is not None and kept.device == "cpu"
         assert key(["reuse_model=false"]) == (None, "reuse_model=false")
         assert key(["+memory=group_offload"])[1].startswith("an offloaded pipeline is never reused")
-    finally:
-        HydraConfig.instance().cfg = saved

@@ -281,13 +281,13 @@ class Compile(Optimizer):
         config = _inductor_config()
         evidence = {
             "components": self._mapping,
+            "backend": self.settings.backend,
             "regional": self.settings.regional,
             "compiled_modules": {name: len(mods) for name, mods in self._compiled.items()},
             "timing": {name: timer.summary() for name, timer in self._timers.items()},
             "dynamo": {**added, "graph_break_reasons": {r: n for r, n in reasons.items() if n > 0}},
             "inductor": {flag: getattr(config, flag) for flag in INDUCTOR_FLAGS},
         }
-        evidence["backend"] = self.settings.backend
         twin = CUDA_GRAPH_MODES.get(self.settings.mode)
         if self.settings.backend != INDUCTOR:
             evidence["warnings"] = [f"backend {self.settings.backend} only traces: graphs, breaks and recompiles "

@@ -39,11 +39,13 @@ def pareto_front(points: dict[int, tuple[float, float]]) -> set[int]:
     return front
 
 
-def speedup_against(job: Job, baseline: Job) -> dict:
+def speedup_against(job: Job, baseline: Optional[Job]) -> dict:
     """The job's speedup over the baseline, its range from both latencies' spreads, and whether it stands
-    beyond that noise (both timed more than once, and the latency ranges do not overlap)."""
-    median, base = job.latency_per_image_s(), baseline.latency_per_image_s()
-    if not (job.ok and baseline.ok and median and base):
+    beyond that noise (both timed more than once, and the latency ranges do not overlap); all None without
+    a baseline that succeeded."""
+    median = job.latency_per_image_s()
+    base = baseline.latency_per_image_s() if baseline is not None and baseline.ok else None
+    if not (job.ok and median and base):
         return {"speedup": None, "speedup_min": None, "speedup_max": None, "noise": None}
     lo, hi = job.latency_per_image_s("min"), job.latency_per_image_s("max")
     base_lo, base_hi = baseline.latency_per_image_s("min"), baseline.latency_per_image_s("max")
@@ -78,8 +80,7 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
             "job": job.num, "label": job.label, "status": record.get("status", "unknown"),
             "latency_median_s": latency.get("median"), "latency_min_s": latency.get("min"),
             "latency_max_s": latency.get("max"), "latency_n": latency.get("n"),
-            **(speedup_against(job, baseline) if base_ok else
-               {"speedup": None, "speedup_min": None, "speedup_max": None, "noise": None}),
+            **speedup_against(job, baseline),
             "compute_fraction": _compute_fraction(record),
             "peak_bytes": (record.get("memory") or {}).get("peak_bytes"),
             "memory_kind": (record.get("memory") or {}).get("kind"),
