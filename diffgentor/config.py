@@ -105,6 +105,7 @@ class RunConfig:
     attention: Optional[Any] = None
     cache: Optional[Any] = None
     memory: Optional[Any] = None
+    parallel: Optional[Any] = None
     fuse_qkv: bool = False
 
     prompt: str = MISSING

@@ -14,10 +14,12 @@ torch.distributed does the communication (gloo on CPU, NCCL on CUDA); each rank 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 #: Where ranks other than 0 keep their partial run.json, inside the run folder.
@@ -90,16 +92,39 @@ def agree(value: Any) -> list:
     return gathered
 
 
-def merge_records(records: list[dict]) -> dict:
+def rank_folder(run_dir: Path, rank: int) -> Path:
+    """Where rank `rank` (not 0) keeps its partial run.json inside the run folder."""
+    return run_dir / RANKS_DIR / f"rank{rank}"
+
+
+def records_on_disk(run_dir: Path, world: World) -> list[dict]:
+    """The other ranks' partial records as they left them (rank 0 reads them when the ranks can no longer
+    exchange them: a rank that failed inside context parallelism leaves its peers' collectives broken)."""
+    records = []
+    for rank in range(1, world.size):
+        try:
+            records.append(json.loads((rank_folder(run_dir, rank) / "run.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            records.append({"status": "unknown", "error": f"rank {rank} left no readable record"})
+    return records
+
+
+def merge_records(records: list[dict], shared_images: bool = False) -> dict:
     """Rank 0's run.json from every rank's record: all images (by file name), per-rank timings and devices,
-    and the whole run's throughput (the ranks generate at the same time: their images per second add up)."""
-    images = sorted((image for record in records for image in record.get("images", [])),
+    and the whole run's throughput. Data parallel: the ranks generate different images at the same time, so
+    the run made all their timed images in the time of its slowest rank. `shared_images` (context
+    parallelism): every rank took part in every image, which rank 0 wrote; the run's throughput is rank 0's."""
+    images = sorted((image for record in records[:1 if shared_images else None] for image in record.get("images", [])),
                     key=lambda image: image["file"])
     ranks = [{"rank": rank, "status": "ok" if record.get("status") == "running" else record.get("status"),
-              "error": record.get("error"),
-              "device": (record.get("environment") or {}).get("device"), "images": len(record.get("images", [])),
+              "error": record.get("error"), "device": (record.get("environment") or {}).get("device"),
+              "images": len(images) if shared_images else len(record.get("images", [])),
               "timings": record.get("timings", {})} for rank, record in enumerate(records)]
-    rates = [r["timings"].get("images_per_s") for r in ranks]
+    rates = [(r["timings"].get("images_per_s"), r["timings"].get("timed_s")) for r in ranks]
+    throughput = None
+    if rates and all(rate and seconds for rate, seconds in rates):
+        throughput = rates[0][0] if shared_images else (
+            sum(rate * seconds for rate, seconds in rates) / max(seconds for _, seconds in rates))
     return {"images": images,
-            "distributed": {"world_size": len(records), "ranks": ranks,
-                            "images_per_s": sum(rates) if rates and None not in rates else None}}
+            "distributed": {"world_size": len(records), "ranks": ranks, "images_per_s": throughput,
+                            "mode": "context_parallel" if shared_images else "data_parallel"}}

@@ -58,6 +58,7 @@ class Timings:
             "warmup_s": self.warmup_s,
             "latency_s": {"median": median, "min": min(lat), "max": max(lat), "n": len(lat)},
             "images_per_s": self.images_timed / sum(lat),
+            "timed_s": sum(lat),
             "s_per_step": median / steps,
         }
 

@@ -132,6 +132,35 @@ def processor_backend(processor: Any) -> str:
     return str(getattr(getattr(processor, "_attention_backend", None), "value", ""))
 
 
+# ---- diffusers: context parallelism (diffusers/models/modeling_utils.py, models/_modeling_parallel.py) ----
+
+def context_parallel_backends() -> frozenset[str]:
+    """Attention backends diffusers registered with context-parallel support
+    (_AttentionBackendRegistry._supports_context_parallel), as diffusers names."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    return frozenset(str(getattr(name, "value", name)) for name in _AttentionBackendRegistry._supports_context_parallel)
+
+
+def enable_context_parallel(model: Any, mode: str, degree: int, uneven: bool) -> None:
+    """`model.enable_parallelism` with a ContextParallelConfig of `mode` ("ulysses" | "ring") over `degree`
+    ranks. On a machine without an accelerator diffusers' device pick (ModelMixin._resolve_parallel_config:
+    `rank % torch.accelerator.device_count()`) divides by zero; there the count reads 1 for the call, which
+    picks the one device type it has (cpu) and changes nothing else (the mesh is built over gloo)."""
+    import torch
+    from diffusers import ContextParallelConfig
+
+    sizes = {"ulysses_degree": degree} if mode == "ulysses" else {"ring_degree": degree}
+    config = ContextParallelConfig(**sizes, **({f"{mode}_anything": True} if uneven else {}))
+    device_count = torch.accelerator.device_count
+    if device_count() == 0:
+        torch.accelerator.device_count = lambda: 1
+    try:
+        model.enable_parallelism(config=config)
+    finally:
+        torch.accelerator.device_count = device_count
+
+
 # ---- Hydra ------------------------------------------------------------------------------------------------
 
 #: Hydra's in-process launcher (hydra/_internal/core_plugins/basic_launcher.py), as a job's

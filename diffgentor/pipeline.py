@@ -210,6 +210,12 @@ def _component_config(folder: Path, component: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def planned_component_config(source: ModelSource, component: str) -> dict:
+    """A component's config.json known before load: read from the model's folder when it is local, else {}
+    (a hub id not downloaded yet: checks that need it run again once loaded)."""
+    return _component_config(Path(source.location), component) if source.is_local else {}
+
+
 def planned_size_factor(source: ModelSource) -> int:
     """The size factor known before load: from the folder's VAE and denoiser configs when it is local,
     else the family's (its released models' VAE and patch size)."""

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from diffgentor.accelerator import end_of_job_cleanup, peak_memory
 from diffgentor.config import resolve_config
 from diffgentor.console import no_loading_bars
-from diffgentor.distributed import RANKS_DIR, World, agree, current_world, merge_records, rank_device, shard
+from diffgentor.distributed import (World, agree, current_world, merge_records, rank_device, rank_folder,
+                                    records_on_disk, shard)
 from diffgentor.errors import ConfigError, DiffgentorError
 from diffgentor.generate import GenerationSettings, generate, run_batch
 from diffgentor.loaded_models import LOADED, ModelKey, in_process_multirun
@@ -106,6 +107,9 @@ def prepare(run_cfg: Any) -> Prepared:
     if all(1 <= side <= MAX_SIDE_PX for side in (run_cfg.height, run_cfg.width)):
         size = size_problem(planned_size_factor(source), run_cfg.height, run_cfg.width)
         plan.problems += [size] if size else []
+        if not size:
+            plan.problems += [problem for step in plan.steps if step.supported
+                              for problem in step.optimizer.check_model(source, run_cfg)]
     specs: list[PromptSpec] = []
     try:
         pass_through_kwargs(run_cfg, source.pipeline_class, call_parameters(source.pipeline_class))
@@ -157,7 +161,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         log.warning(warning)
     log.info("model %s (%s, %s) on %s; plan: %s", source.model_id, source.family, source.location, device,
              ", ".join(step.name for step in plan.steps) or "no optimizations")
-    job_batches = batches(shard(jobs, world), run_cfg.batch_size)
+    job_batches = batches(jobs if plan.splits_each_image else shard(jobs, world), run_cfg.batch_size)
     header = {
         "config": config_as_dict(cfg),
         "overrides": list(overrides),
@@ -186,7 +190,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         finally:
             end_of_job_cleanup(device)  # the pipeline is gone; the next job of a sweep starts as a fresh process
         if world is not None:
-            failure = _merge_ranks(record, world, failure)
+            failure = _merge_ranks(record, run_dir, world, failure, plan.splits_each_image)
         if failure is not None:
             raise failure
     record.finish("ok")
@@ -213,23 +217,41 @@ def _hold_run_folder(held: contextlib.ExitStack, run_dir: Path, run_cfg: Any, wo
         raise FolderInUseError(verdict)
     if world.rank == 0:
         return run_dir
-    own = run_dir / RANKS_DIR / f"rank{world.rank}"
+    own = rank_folder(run_dir, world.rank)
     own.mkdir(parents=True, exist_ok=True)
     return own
 
 
-def _merge_ranks(record: RunRecord, world: World, failure: Optional[BaseException]) -> Optional[BaseException]:
-    """Every rank reports (ok or not) to all; rank 0 writes the merged run.json. Returns the failure this
-    process ends with: its own, or on rank 0 the first other rank's."""
-    records = agree(record.data)
+def _merge_ranks(record: RunRecord, run_dir: Path, world: World, failure: Optional[BaseException],
+                 shared_images: bool) -> Optional[BaseException]:
+    """Every rank reports (ok or not) to all; rank 0 writes the merged run.json (`shared_images`: every
+    rank took part in every image, context parallelism). Returns the failure this process ends with: its own,
+    or on rank 0 the first other rank's.
+
+    Under context parallelism a failed rank leaves at once (its peers wait in a collective it will never
+    join; its leaving breaks that collective), and rank 0 reads the other ranks' records from disk."""
+    records = None
+    if not (shared_images and failure is not None):
+        try:
+            records = agree(record.data)
+        except RuntimeError as exc:  # a peer left (context parallelism: it failed)
+            failure = failure or exc
+            if failure is exc:
+                record.finish("failed", error=failure_message(exc))
     if world.rank != 0:
         return failure
-    record.update(**merge_records(records))
-    failed = [(rank, r) for rank, r in enumerate(records) if r.get("status") not in ("running", "ok")]
-    if failure is None and failed:
+    records = records or [record.data, *records_on_disk(run_dir, world)]
+    record.update(**merge_records(records, shared_images))
+    failed = [(rank, r) for rank, r in enumerate(records) if rank and r.get("status") not in ("running", "ok")]
+    if failed:
         rank, other = failed[0]
-        failure = DiffgentorError(f"rank {rank} of {world.size}: {other.get('error')}")
-        record.finish(other.get("status"), error=str(failure))
+        cause = f"rank {rank} of {world.size}: {other.get('error')}"
+        if failure is not None:  # rank 0 failed too (under context parallelism: because rank `rank` left)
+            cause += f" (rank 0: {record.data.get('error')})"
+        status = record.data["status"] if failure is not None else other.get("status")
+        record.finish(status, error=cause)
+        if failure is None or not interrupt_of(failure):  # an interrupt keeps its exit code
+            failure = DiffgentorError(cause)
     elif failure is not None:
         record.finish(record.data["status"], error=record.data.get("error"))
     return failure
@@ -326,12 +348,17 @@ def _load_and_generate(record: RunRecord, run_cfg: Any, source: Any, plan: Plan,
             compiled=any(step.name == "compile" for step in plan.steps),
         )
         images_dir = run_dir / IMAGES_DIR
+        world = current_world()
+        # context parallelism: every rank makes every image, rank 0 keeps them
+        writes_images = world is None or world.rank == 0 or not plan.splits_each_image
 
         first_images: list = []
 
         def keep(batch: list, images: list, latency_s: float) -> None:
             if not first_images:
                 first_images.extend(images)
+            if not writes_images:
+                return
             for job, image in zip(batch, images):
                 file = save_image(image, images_dir, job.index, job.prompt, job.seed, source.model_id)
                 record.data["images"].append(

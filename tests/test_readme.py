@@ -30,6 +30,8 @@ PLACEHOLDER_COMMANDS = {
     "+experiment=cache_methods": "a SLURM cluster; tests/test_launchers.py runs the same submitit plugin locally",
     "python -m diffgentor -m hydra/launcher=ray_cluster +experiment=cache_methods":
         "diffgentor[ray], which the test environment cannot hold beside joblib (cloudpickle<3 vs >=3)",
+    "torchrun --nproc_per_node=8 -m diffgentor model=flux-dev +parallel=ring +attention=flash":
+        "8 GPUs with flash-attn; tests/test_context_parallel.py checks ring's refusal where it cannot run",
 }
 #: Commands run elsewhere already, in full and with their results checked (the suite's time is kept short).
 COVERED_ELSEWHERE = {
@@ -38,6 +40,8 @@ COVERED_ELSEWHERE = {
     "python -m diffgentor -m hydra/launcher=processes +cache=none,first_block_cache": "tests/test_launchers.py",
     "torchrun --standalone --nproc_per_node=2 -m diffgentor model=tiny-flux num_images_per_prompt=4 steps=4":
         "tests/test_distributed.py (2 ranks against a single process, pixel for pixel)",
+    "torchrun --standalone --nproc_per_node=2 -m diffgentor model=tiny-flux +parallel=ulysses":
+        "tests/test_context_parallel.py (2 ranks against a single process)",
 }
 #: A placeholder path in a command, and what stands in for it here.
 PLACEHOLDER_PATHS = {"/models/my-diffusers-folder": str(REPO / "diffgentor" / "testbed" / "weights" / "shapes-flux")}

@@ -128,6 +128,11 @@ class Optimizer:
     def check(self, family: str) -> None:
         """Refuse before load (missing package, unsupported variant). Family support is in compat.py."""
 
+    def check_model(self, source: Any, run_cfg: Any) -> list[str]:
+        """Refusals that need the model's own configs (read from its folder before load, when it is local;
+        `source` is pipeline.ModelSource) and the run's values; [] when nothing is wrong."""
+        return []
+
     def apply(self, pipe: Any) -> None:
         raise NotImplementedError
 

@@ -48,6 +48,12 @@ class Plan:
         return any(step.optimizer.stage == "offload" for step in self.steps)
 
     @property
+    def splits_each_image(self) -> bool:
+        """Whether every rank of a torchrun launch takes part in every image (context parallelism), instead
+        of each generating its own share of the images."""
+        return any(step.optimizer.stage == "parallel" for step in self.steps)
+
+    @property
     def refused(self) -> list[PlanStep]:
         return [s for s in self.steps if not s.supported]
 

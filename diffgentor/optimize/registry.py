@@ -20,18 +20,22 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {}
 #: - fuse_qkv before attention: the fused projections must exist before processors are swapped;
 #: - storage_dtype (layerwise fp8 casting) after fusion: diffusers cannot build fused layers from fp8 weights
 #:   ("check_uniform_bounds" not implemented for Float8_e4m3fn), and the fused layers must be cast too;
+#: - attention before parallel: enable_parallelism checks the processors' backend, which must be final;
+#: - parallel (context parallelism) before cache and compile, which would wrap the split denoiser (refused
+#:   together for now);
 #: - attention before cache: cache hooks wrap blocks whose processors are already final;
 #: - cache before compile: torch.compile must trace the hooked forward, not the bare one;
 #: - compile before offload: offloading hooks move weights, which must not change traced modules' devices
 #:   under the compiler's feet; vae options last (they touch only the decoder).
-STAGE_ORDER: tuple[str, ...] = ("precision", "memory_layout", "fuse_qkv", "storage_dtype", "attention", "cache",
-                                "compile", "offload", "vae")
+STAGE_ORDER: tuple[str, ...] = ("precision", "memory_layout", "fuse_qkv", "storage_dtype", "attention", "parallel",
+                                "cache", "compile", "offload", "vae")
 
 #: The modules under diffgentor/optimize/ that declare optimizers: adding one adds its line here. They import
 #: torch and diffusers only inside their methods (tests/test_startup.py holds them to it).
 OPTIMIZER_MODULES: tuple[str, ...] = (
     "precision",
     "channels_last", "fuse_qkv", "layerwise_casting", "attention", "compile", "offload", "vae_memory",
+    "context_parallel",
     "cache.deep_cache", "cache.first_block_cache", "cache.pab", "cache.faster_cache", "cache.taylor_seer",
     "cache.cache_dit", "cache.mag_cache",
 )
