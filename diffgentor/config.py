@@ -65,6 +65,15 @@ class PrecisionConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Quality against reference images (`+quality=reference`, diffgentor/reference.py): `dir` is where
+    references are cached (null: `<cache_dir>/references`); option `none` makes none."""
+
+    name: str = "reference"
+    dir: Optional[str] = None
+
+
+@dataclass
 class BenchmarkConfig:
     """Timing protocol. Warmup passes run the first batch and are excluded from latency.
 
@@ -106,6 +115,7 @@ class RunConfig:
     cache: Optional[Any] = None
     memory: Optional[Any] = None
     parallel: Optional[Any] = None
+    quality: Optional[Any] = None
     fuse_qkv: bool = False
 
     prompt: str = MISSING
@@ -175,6 +185,7 @@ def register_configs() -> None:
     cs.store(name="base_config", node=RunConfig)
     cs.store(group=f"{SCHEMA_GROUP}/model", name="model", node=ModelConfig)
     cs.store(group=f"{SCHEMA_GROUP}/precision", name="precision", node=PrecisionConfig)
+    cs.store(group=f"{SCHEMA_GROUP}/quality", name="quality", node=QualityConfig)
     for name, optimizer in load_all().items():
         if optimizer.config_group and optimizer.Settings is not None:
             cs.store(group=f"{SCHEMA_GROUP}/{optimizer.config_group}", name=name, node=optimizer.Settings)

@@ -55,7 +55,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def _replaced_atomically(path: Path) -> Iterator[BinaryIO]:
+def replaced_atomically(path: Path) -> Iterator[BinaryIO]:
     """A temp file beside `path`, renamed onto it once written: a reader (or a run killed mid-write, or a
     full disk) never leaves half a file under the final name. The file gets the mode a plain open() would
     give (0o666 less the umask), like the images, not mkstemp's 0o600."""
@@ -74,13 +74,13 @@ def _replaced_atomically(path: Path) -> Iterator[BinaryIO]:
 
 
 def write_json_atomic(path: Path, data: Any, strict: bool = False) -> None:
-    """Write JSON atomically (see _replaced_atomically). `strict`: non-finite floats become null (run.json);
+    """Write JSON atomically (see replaced_atomically). `strict`: non-finite floats become null (run.json);
     otherwise they are written as JSON's Infinity / NaN tokens, which Python's json reads back (the sweep
     summary's PSNR of identical images is infinite)."""
     if strict:
         data = finite_only(data)
     text = json.dumps(data, indent=2, default=str, allow_nan=not strict) + "\n"
-    with _replaced_atomically(path) as handle:
+    with replaced_atomically(path) as handle:
         handle.write(text.encode("utf-8"))
 
 
@@ -105,7 +105,7 @@ def save_image(image: Image.Image, images_dir: Path, index: int, prompt: str, se
     info.add_itxt("model", model_id)
     info.add_text("software", "diffgentor")
     name = image_filename(index, prompt)
-    with _replaced_atomically(images_dir / name) as handle:
+    with replaced_atomically(images_dir / name) as handle:
         image.save(handle, format="PNG", pnginfo=info)
     return f"{IMAGES_DIR}/{name}"
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +33,8 @@ from diffgentor.pipeline import (ModelSource, call_parameters, check_size, load_
                                  resolve_device, resolve_dtype, resolve_source, size_problem)
 from diffgentor.prompts import ImageJob, PromptSpec, batches, image_jobs, read_prompts_file
 from diffgentor.record import IMAGES_DIR, RunRecord, environment, record_size_bound, save_image
+from diffgentor.reference import ReferencePlan, make_references, plan_references, reference_files, reference_quality
+from diffgentor.reference import wants_references
 from diffgentor.resume import failure_message, record_failure
 from diffgentor.runfolder import FolderInUseError, own_run_folder
 from diffgentor.signals import interrupt_of
@@ -73,6 +75,10 @@ class Prepared:
     #: pass-through arguments, so that one raise_if_refused() names every refusal at once.
     plan: Plan
     jobs: list[ImageJob]
+    #: This process's share of the jobs, batched (under torchrun: its rank's, unless each image is split).
+    job_batches: list = field(default_factory=list)
+    #: `+quality=reference`: where the references are cached (None: no references).
+    references: Optional[ReferencePlan] = None
 
 
 def job_device(requested: str) -> str:
@@ -111,8 +117,9 @@ def prepare(run_cfg: Any) -> Prepared:
             plan.problems += [problem for step in plan.steps if step.supported
                               for problem in step.optimizer.check_model(source, run_cfg)]
     specs: list[PromptSpec] = []
+    passed: dict = {}
     try:
-        pass_through_kwargs(run_cfg, source.pipeline_class, call_parameters(source.pipeline_class))
+        passed = pass_through_kwargs(run_cfg, source.pipeline_class, call_parameters(source.pipeline_class))
     except ConfigError as exc:
         plan.problems.append(str(exc))
     try:
@@ -121,7 +128,19 @@ def prepare(run_cfg: Any) -> Prepared:
         plan.problems.append(str(exc))
     jobs = [] if plan.problems else image_jobs(specs, run_cfg.num_images_per_prompt, run_cfg.seed,
                                                run_cfg.negative_prompt)
-    return Prepared(source, device, plan, jobs)
+    job_batches = _batches_of(jobs, plan, current_world(), run_cfg.batch_size) if jobs else []
+    references = None
+    if jobs and wants_references(run_cfg):
+        references, refused = plan_references(run_cfg, source, target.dtype, device,
+                                              {**run_cfg.model.call_kwargs, **passed}, job_batches, plan.offloads)
+        plan.problems += refused
+    return Prepared(source, device, plan, jobs, job_batches, references)
+
+
+def _batches_of(jobs: list[ImageJob], plan: Plan, world: Optional[World], batch_size: int) -> list:
+    """The batches `world`'s rank generates: its share of the jobs, or all of them when every rank takes part
+    in every image (context parallelism)."""
+    return batches(jobs if plan.splits_each_image else shard(jobs, world), batch_size)
 
 
 def pass_through_kwargs(run_cfg: Any, pipeline_class: Optional[str], accepted: Optional[frozenset]) -> dict:
@@ -161,7 +180,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
         log.warning(warning)
     log.info("model %s (%s, %s) on %s; plan: %s", source.model_id, source.family, source.location, device,
              ", ".join(step.name for step in plan.steps) or "no optimizations")
-    job_batches = batches(jobs if plan.splits_each_image else shard(jobs, world), run_cfg.batch_size)
+    job_batches = prepared.job_batches
     header = {
         "config": config_as_dict(cfg),
         "overrides": list(overrides),
@@ -179,7 +198,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
                            reserve_bytes=reserve)
         failure: Optional[BaseException] = None
         try:
-            _generate_into(record, run_cfg, source, plan, job_batches, run_dir)
+            _generate_into(record, run_cfg, source, plan, job_batches, run_dir, prepared.references)
         except BaseException as exc:
             record.finish("interrupted" if interrupt_of(exc) else "failed", error=failure_message(exc))
             log.info("run ended: %s", record.data["error"])
@@ -191,11 +210,38 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Optional[di
             end_of_job_cleanup(device)  # the pipeline is gone; the next job of a sweep starts as a fresh process
         if world is not None:
             failure = _merge_ranks(record, run_dir, world, failure, plan.splits_each_image)
+        if failure is None and prepared.references is not None and (world is None or world.rank == 0):
+            _measure_quality(record, prepared, run_cfg.batch_size, run_dir, world)
         if failure is not None:
             raise failure
     record.finish("ok")
     log.info("run ok: %d images, record %s", len(record.data["images"]), record.path)
     return record.data
+
+
+def _measure_quality(record: RunRecord, prepared: Prepared, batch_size: int, run_dir: Path,
+                     world: Optional[World]) -> None:
+    """run.json's `quality`: every image of the run (all ranks') against its reference. A measurement that
+    fails is recorded as such; the run and its images stand."""
+    worlds = [world] if world is None or prepared.plan.splits_each_image else [
+        World(rank, world.size, rank) for rank in range(world.size)]
+    files: dict = {}
+    for each in worlds:
+        files.update(reference_files(prepared.references.folder,
+                                     _batches_of(prepared.jobs, prepared.plan, each, batch_size)))
+    try:
+        measured = reference_quality(run_dir, prepared.jobs, files, record.data.get("references"))
+    except Exception as exc:  # noqa: BLE001 - the images are made; say why their quality is missing
+        log.warning("quality against the references could not be measured: %s", failure_message(exc))
+        measured = {"against": "reference", "error": failure_message(exc)}
+    record.update(quality=measured)
+    if measured.get("quality_pairs"):
+        log.info("quality against the references (%d images): PSNR %s dB, SSIM %s", measured["quality_pairs"],
+                 _shown(measured["psnr_db"]), _shown(measured["ssim"]))
+
+
+def _shown(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _hold_run_folder(held: contextlib.ExitStack, run_dir: Path, run_cfg: Any, world: Optional[World]) -> Path:
@@ -272,11 +318,11 @@ def warmup_passes(requested: int, plan: Plan) -> tuple[int, Optional[str]]:
 
 
 def _generate_into(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job_batches: list,
-                   run_dir: Path) -> None:
+                   run_dir: Path, references: Optional[ReferencePlan]) -> None:
     """Load (or take the sweep's kept pipeline), apply, generate, record; a failure drops the kept one."""
     key, reuse_reason = reuse_key(run_cfg, source, plan)
     try:
-        _load_and_generate(record, run_cfg, source, plan, job_batches, run_dir, key, reuse_reason)
+        _load_and_generate(record, run_cfg, source, plan, job_batches, run_dir, key, reuse_reason, references)
     except BaseException:
         if key is not None:
             LOADED.drop(key, "the previous job with these weights failed: loaded afresh")
@@ -310,7 +356,8 @@ def keep_for_next_job(applied: AppliedOptimizations, pipe: Any, key: ModelKey) -
 
 
 def _load_and_generate(record: RunRecord, run_cfg: Any, source: Any, plan: Plan, job_batches: list,
-                       run_dir: Path, key: Optional[ModelKey], reuse_reason: str) -> None:
+                       run_dir: Path, key: Optional[ModelKey], reuse_reason: str,
+                       references: Optional[ReferencePlan]) -> None:
     device, dtype = plan.target.device, plan.target.dtype
     start = time.perf_counter()
     pipe = None
@@ -328,6 +375,22 @@ def _load_and_generate(record: RunRecord, run_cfg: Any, source: Any, plan: Plan,
     check_size(pipe, source.family, run_cfg.height, run_cfg.width)
     passed = pass_through_kwargs(run_cfg, type(pipe).__name__, call_parameters(type(pipe).__name__))
     pipe.set_progress_bar_config(disable=not (run_cfg.progress and run_cfg.progress_steps), leave=False)
+    warmup, raised = warmup_passes(run_cfg.benchmark.warmup, plan)
+    if raised:
+        log.warning(raised)
+        record.update(warnings=[*record.data.get("warnings", []), raised])
+    settings = GenerationSettings(
+        steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
+        width=run_cfg.width, device=device, warmup=warmup,
+        repeats=run_cfg.benchmark.repeats, min_timed_calls=run_cfg.benchmark.min_timed_calls,
+        extra_kwargs={**run_cfg.model.call_kwargs, **passed},
+        compiled=any(step.name == "compile" for step in plan.steps),
+    )
+    if references is not None:  # before the plan: the pipeline as loaded, nothing applied; untimed
+        made = make_references(pipe, job_batches, settings, references.folder, references.key)
+        record.update(references=made.to_json())
+        log.info("references: %d made in %.2f s, %d cached (%s)", made.generated, made.seconds, made.reused,
+                 made.folder)
 
     start = time.perf_counter()
     with apply_plan(plan, pipe) as applied:  # released on exit: the next job of a sweep starts clean
@@ -335,18 +398,6 @@ def _load_and_generate(record: RunRecord, run_cfg: Any, source: Any, plan: Plan,
         if applied.records:
             log.info("applied %s in %.2f s", ", ".join(r.name for r in applied.records), optimize_s)
         record.update(timings={"load_s": load_s, "optimize_s": optimize_s}, dtype=str(dtype).replace("torch.", ""))
-
-        warmup, raised = warmup_passes(run_cfg.benchmark.warmup, plan)
-        if raised:
-            log.warning(raised)
-            record.update(warnings=[*record.data.get("warnings", []), raised])
-        settings = GenerationSettings(
-            steps=run_cfg.steps, guidance_scale=run_cfg.guidance_scale, height=run_cfg.height,
-            width=run_cfg.width, device=device, warmup=warmup,
-            repeats=run_cfg.benchmark.repeats, min_timed_calls=run_cfg.benchmark.min_timed_calls,
-            extra_kwargs={**run_cfg.model.call_kwargs, **passed},
-            compiled=any(step.name == "compile" for step in plan.steps),
-        )
         images_dir = run_dir / IMAGES_DIR
         world = current_world()
         # context parallelism: every rank makes every image, rank 0 keeps them

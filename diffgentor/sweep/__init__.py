@@ -28,7 +28,7 @@ from diffgentor.sweep.files import (GRID_PNG, PARETO_PNG, SUMMARY_CSV, SUMMARY_J
                                     write_csv, write_md)
 from diffgentor.sweep.jobs import SweepError, collect_jobs, yaml_path
 from diffgentor.sweep.plots import write_grid, write_pareto
-from diffgentor.sweep.quality import Lpips
+from diffgentor.image_quality import Lpips
 from diffgentor.sweep.rows import build_rows, memory_notes, timing_notes
 
 

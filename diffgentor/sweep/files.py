@@ -44,7 +44,8 @@ class Summary:
                 "images_missing": sum(row["images_missing"] for row in self.rows),
                 "baseline": {"job": self.baseline, "note": self.baseline_note, "error": self.baseline_error},
                 "metrics": {"psnr_db": "torchmetrics peak_signal_noise_ratio, data_range 1, pooled over the "
-                                       "images with the same prompt and seed as the baseline's",
+                                       "images with the same prompt and seed as the job's references "
+                                       "(quality_against: reference) or as the baseline's (baseline)",
                             "ssim": "torchmetrics structural_similarity_index_measure, data_range 1, mean",
                             "lpips": self.lpips_note},
                 "notes": self.notes, "columns": list(COLUMNS), "rows": self.rows}
@@ -108,7 +109,8 @@ def write_md(path: Path, summary: Summary) -> None:
     lines += ["- latency: median [min, max] per pipeline call over the timed calls; speedup: the baseline's "
               "median latency per image / the job's, [range] from the two latencies' spreads; *within noise* "
               "when the job's latency range overlaps the baseline's (never starred)",
-              "- quality vs the baseline's image for the same prompt and seed (torchmetrics): PSNR pooled "
+              "- quality vs the image for the same prompt and seed without optimizations (torchmetrics): the "
+              "job's own references where it ran with +quality=reference, else the baseline job's; PSNR pooled "
               "over the images, SSIM mean; " + summary.lpips_note,
               *(f"- {note}" for note in summary.notes), "",
               "| job | configuration | status | latency (s) | speedup | compute fraction | peak memory (MiB) "

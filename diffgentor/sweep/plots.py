@@ -9,7 +9,8 @@ from typing import Any
 
 from diffgentor.sweep.files import Summary, psnr_text, speedup_text
 from diffgentor.sweep.jobs import Job
-from diffgentor.sweep.quality import image_keys, read_pixels
+from diffgentor.image_quality import read_pixels
+from diffgentor.sweep.quality import image_keys
 from diffgentor.sweep.rows import pareto_eligible
 
 

@@ -9,13 +9,14 @@ from typing import Any, Callable, Optional
 
 from diffgentor.resume import config_hash
 from diffgentor.sweep.jobs import Job
-from diffgentor.sweep.quality import Lpips, decoded_images, quality
+from diffgentor.image_quality import Lpips, quality
+from diffgentor.sweep.quality import decoded_images
 
 
 #: One row per job, in this order (csv header, json keys, and what summary.md shows a selection of).
 COLUMNS = ("job", "label", "status", "latency_median_s", "latency_min_s", "latency_max_s", "latency_n",
            "speedup", "speedup_min", "speedup_max", "noise", "compute_fraction", "peak_bytes", "memory_kind",
-           "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "images_missing", "pareto",
+           "psnr_db", "ssim", "lpips", "identical", "quality_pairs", "quality_against", "images_missing", "pareto",
            "load_s", "optimize_s", "warmup_s", "overrides", "error", "folder", "config_hash")
 #: The `noise` column: how a job's speedup stands against the spread of the two latencies it divides.
 BEYOND_NOISE, WITHIN_NOISE, NO_SPREAD = "beyond noise", "within noise", "no spread"
@@ -63,6 +64,18 @@ def _skipped_nothing(row: dict) -> bool:
     return row["compute_fraction"] is not None and row["compute_fraction"] >= 1.0 - 1e-9
 
 
+def reference_quality(record: dict) -> Optional[dict]:
+    """The run's own quality against its references (`+quality=reference`), when it measured one; run.json
+    holds no infinity, so identical images' PSNR comes back as inf here, as the baseline comparison gives."""
+    measured = record.get("quality") or {}
+    if measured.get("against") != "reference" or not measured.get("quality_pairs"):
+        return None
+    values = {key: measured.get(key) for key in ("psnr_db", "ssim", "lpips", "identical", "quality_pairs")}
+    if values["identical"] and values["psnr_db"] is None:
+        values["psnr_db"] = math.inf
+    return values
+
+
 def pareto_eligible(row: dict, baseline: Optional[int]) -> bool:
     """The baseline, and jobs whose speedup stands beyond noise and that skipped something if they cache."""
     return row["job"] == baseline or (row["noise"] == BEYOND_NOISE and not _skipped_nothing(row))
@@ -92,10 +105,13 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
             "config_hash": config_hash(record["config"]) if isinstance(record.get("config"), dict) else None,
         }
         row["images_missing"] = sum(image is None for image in pixels.values())
-        if job.ok and base_pixels is not None:
-            row.update(quality(pixels, base_pixels, lpips))
+        against_reference = reference_quality(record) if job.ok else None
+        if against_reference is not None:
+            row.update(against_reference, quality_against="reference")
+        elif job.ok and base_pixels is not None:
+            row.update(quality(pixels, base_pixels, lpips), quality_against="baseline")
         else:
-            row.update(psnr_db=None, ssim=None, lpips=None, identical=None, quality_pairs=0)
+            row.update(psnr_db=None, ssim=None, lpips=None, identical=None, quality_pairs=0, quality_against=None)
         rows.append({column: row[column] for column in COLUMNS})
     base_num = baseline.num if base_ok else None
     points = {r["job"]: (r["speedup"], r["psnr_db"]) for r in rows
