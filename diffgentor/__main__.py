@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -73,8 +74,9 @@ def _skip_if_done(cfg: DictConfig, run_dir: Path) -> bool:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def hydra_app(cfg: DictConfig) -> None:
-    """Run one job; a user error is one line on stderr and a non-zero exit; in a multirun, see _job_failed."""
+def hydra_app(cfg: DictConfig) -> Optional[tuple[float, float]]:
+    """Run one job; a user error is one line on stderr and a non-zero exit; in a multirun, see _job_failed.
+    A trial of a tuning study returns its objectives to the sweeper (tune.py)."""
     from diffgentor.console import route_library_logs
     from diffgentor.run import execute
 
@@ -103,6 +105,10 @@ def hydra_app(cfg: DictConfig) -> None:
     if data is not None:
         images = len(data["images"])
         print(f"wrote {images} image{'s' * (images != 1)} to {run_dir / 'images'}  (record: {run_dir / 'run.json'})")
+        if cfg.get("tune") is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+            from diffgentor.tune import objectives
+
+            return objectives(data)
     return None
 
 
@@ -115,10 +121,13 @@ def main() -> None:
     if print_app_help(sys.argv[1:]):
         return
     from diffgentor.errors import MissingPackageError
-    from diffgentor.launchers import check_launcher_plugin
+    from diffgentor.launchers import check_launcher_plugin, check_sweeper_plugin
+    from diffgentor.tracking import check_tracking_package
 
     try:
         check_launcher_plugin(sys.argv[1:])
+        check_sweeper_plugin(sys.argv[1:])
+        check_tracking_package(sys.argv[1:])
     except MissingPackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

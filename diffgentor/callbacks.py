@@ -80,6 +80,20 @@ class OutputFolderCheck(Callback):
             sys.exit(1)
 
 
+def _report_study(config: DictConfig, outcome: SweepOutcome) -> None:
+    """A tuning study's end: its Pareto-optimal trials and the recommended setting (tune.py)."""
+    from diffgentor.tune import TUNE_MD, write_tune_report
+
+    searched = [str(key).lstrip("+") for key in (OmegaConf.select(config, "hydra.sweeper.params") or {})]
+    try:
+        verdict = write_tune_report(outcome.sweep_dir, searched, float(config.tune.min_psnr))
+    except Exception as exc:  # Hydra would only warn: record it so the exit code says so
+        log.exception("tuning report failed")
+        outcome.problems.append(f"no tuning report for {outcome.sweep_dir}: {type(exc).__name__}: {exc}")
+        return
+    print(f"tuning study: {outcome.sweep_dir / TUNE_MD}\n{verdict}")
+
+
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _outcome
@@ -103,6 +117,8 @@ class SweepSummary(Callback):
                                     f"(rebuild it with `diffgentor report {outcome.sweep_dir}`)")
             return
         print(f"sweep summary: {outcome.sweep_dir / SUMMARY_MD} ({summary.describe()})")
+        if OmegaConf.select(config, "tune") is not None:
+            _report_study(config, outcome)
         if summary.baseline_error:
             outcome.problems.append(summary.baseline_error)
         if summary.failed:

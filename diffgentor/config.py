@@ -74,6 +74,14 @@ class QualityConfig:
 
 
 @dataclass
+class TuneConfig:
+    """A tuning study's budget (set by the tune_* experiments, diffgentor/tune.py): the recommendation is the
+    fastest trial whose PSNR against the references is at least `min_psnr` dB."""
+
+    min_psnr: float = 30.0
+
+
+@dataclass
 class BenchmarkConfig:
     """Timing protocol. Warmup passes run the first batch and are excluded from latency.
 
@@ -114,8 +122,11 @@ class RunConfig:
     attention: Optional[Any] = None
     cache: Optional[Any] = None
     memory: Optional[Any] = None
+    tracking: Optional[Any] = None
     parallel: Optional[Any] = None
     quality: Optional[Any] = None
+    #: A tuning study's budget (conf/experiment/tune_*.yaml; diffgentor/tune.py); None outside one.
+    tune: Optional[TuneConfig] = None
     fuse_qkv: bool = False
 
     prompt: str = MISSING

@@ -36,15 +36,29 @@ def check_launcher_plugin(argv: Sequence[str]) -> None:
     for arg in argv:
         match = _LAUNCHER_OVERRIDE.match(arg)
         known = LAUNCHER_PLUGINS.get(match.group("option")) if match else None
-        if known is not None and not _installed(known[0]):
+        if known is not None and not installed(known[0]):
             _, package, extra = known
             raise MissingPackageError(arg, package, extra)
 
 
-def _installed(module: str) -> bool:
+#: The tuning studies (conf/experiment/tune_*.yaml) run on Hydra's Optuna sweeper.
+OPTUNA_SWEEPER = ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "tune")
+_SWEEPER_OVERRIDE = re.compile(r"^(hydra/sweeper=optuna|\+?experiment=tune_[\w-]+)$")
+
+
+def check_sweeper_plugin(argv: Sequence[str]) -> None:
+    """Refuse, before Hydra starts, a tuning study (`+experiment=tune_*`, `hydra/sweeper=optuna`) without
+    the Optuna sweeper plugin."""
+    for arg in argv:
+        if _SWEEPER_OVERRIDE.match(arg) and not installed(OPTUNA_SWEEPER[0]):
+            raise MissingPackageError(arg, OPTUNA_SWEEPER[1], OPTUNA_SWEEPER[2])
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (found, not imported: the check costs no import time)."""
     try:
         return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # its parent package is missing
+    except (ModuleNotFoundError, ValueError):  # a missing parent; a module without a spec
         return False
 
 

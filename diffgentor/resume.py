@@ -17,7 +17,7 @@ from diffgentor.record import RUN_FILE, write_json_atomic
 #: Top-level keys that do not change what a job computes: left out of the hash. (hydra.* is never in a job's
 #: config; `cache_dir` only says where the embedded testbeds are stored; `sweep` only affects the summary.)
 VOLATILE_KEYS = frozenset({"resume", "overwrite", "progress", "progress_steps", "cache_dir", "sweep", "reuse_model",
-                           "reuse_model_max"})
+                           "reuse_model_max", "tracking", "tune"})
 
 
 def config_hash(config: dict) -> str:

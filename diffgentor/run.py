@@ -39,6 +39,7 @@ from diffgentor.resume import failure_message, record_failure
 from diffgentor.runfolder import FolderInUseError, own_run_folder
 from diffgentor.signals import interrupt_of
 from diffgentor.threads import torch_threads
+from diffgentor.tune import tune_problems
 from diffgentor.validate import MAX_SIDE_PX, InvalidConfigError, problems
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def prepare(run_cfg: Any) -> Prepared:
         plan.problems.append(str(exc))
     jobs = [] if plan.problems else image_jobs(specs, run_cfg.num_images_per_prompt, run_cfg.seed,
                                                run_cfg.negative_prompt)
+    plan.problems += tune_problems(run_cfg)
     job_batches = _batches_of(jobs, plan, current_world(), run_cfg.batch_size) if jobs else []
     references = None
     if jobs and wants_references(run_cfg):

@@ -39,7 +39,7 @@ def test_a_launcher_whose_plugin_is_missing_is_one_line(monkeypatch, capsys):
     import diffgentor.launchers as launchers
     from diffgentor.__main__ import main
 
-    monkeypatch.setattr(launchers, "_installed", lambda module: "ray" not in module)
+    monkeypatch.setattr(launchers, "installed", lambda module: "ray" not in module)
     monkeypatch.setattr("sys.argv", ["diffgentor", "-m", "hydra/launcher=ray_cluster", "+cache=none,pab"])
     with pytest.raises(SystemExit) as ended:
         main()

@@ -32,12 +32,18 @@ PLACEHOLDER_COMMANDS = {
         "diffgentor[ray], which the test environment cannot hold beside joblib (cloudpickle<3 vs >=3)",
     "torchrun --nproc_per_node=8 -m diffgentor model=flux-dev +parallel=ring +attention=flash":
         "8 GPUs with flash-attn; tests/test_context_parallel.py checks ring's refusal where it cannot run",
+    "python -m diffgentor +tracking=mlflow tracking.uri=http://mlflow.example.org:5000 tracking.experiment=caches":
+        "the reader's MLflow server; tests/test_tracking.py runs against one that refuses connections",
+    "mlflow ui --backend-store-uri sqlite:///mlflow.db": "a server that runs until stopped, and its pages need the "
+        "full mlflow package, which the test environment does not hold (the extra installs mlflow-skinny)",
 }
 #: Commands run elsewhere already, in full and with their results checked (the suite's time is kept short).
 COVERED_ELSEWHERE = {
     "python -m diffgentor -m hydra/launcher=parallel hydra.launcher.n_jobs=8 +experiment=cache_methods":
         "tests/test_launchers.py (the parallel preset, a sweep of its own)",
     "python -m diffgentor -m hydra/launcher=processes +cache=none,first_block_cache": "tests/test_launchers.py",
+    "python -m diffgentor -m +tracking=mlflow +cache=none,first_block_cache":
+        "tests/test_tracking.py (a tracked sweep's parent and child runs, read back from the store)",
     "torchrun --standalone --nproc_per_node=2 -m diffgentor model=tiny-flux num_images_per_prompt=4 steps=4":
         "tests/test_distributed.py (2 ranks against a single process, pixel for pixel)",
     "torchrun --standalone --nproc_per_node=2 -m diffgentor model=tiny-flux +parallel=ulysses":

@@ -22,7 +22,7 @@ COLUMNS = ("job", "label", "status", "latency_median_s", "latency_min_s", "laten
 BEYOND_NOISE, WITHIN_NOISE, NO_SPREAD = "beyond noise", "within noise", "no spread"
 
 
-def _compute_fraction(record: dict) -> Optional[float]:
+def compute_fraction(record: dict) -> Optional[float]:
     """Product of the compute fractions the optimizers measured (cache optimizers report one)."""
     fractions = [o["evidence"]["compute_fraction"] for o in record.get("optimizations", [])
                  if isinstance(o.get("evidence"), dict) and o["evidence"].get("compute_fraction") is not None]
@@ -94,7 +94,7 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
             "latency_median_s": latency.get("median"), "latency_min_s": latency.get("min"),
             "latency_max_s": latency.get("max"), "latency_n": latency.get("n"),
             **speedup_against(job, baseline),
-            "compute_fraction": _compute_fraction(record),
+            "compute_fraction": compute_fraction(record),
             "peak_bytes": (record.get("memory") or {}).get("peak_bytes"),
             "memory_kind": (record.get("memory") or {}).get("kind"),
             "pareto": False,
