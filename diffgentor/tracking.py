@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from diffgentor.errors import MissingPackageError
-from diffgentor.launchers import installed
+from diffgentor import launchers
 
 log = logging.getLogger("diffgentor")
 
@@ -60,7 +60,7 @@ def check_tracking_package(argv: Sequence[str]) -> None:
     """Refuse, before Hydra starts, `+tracking=mlflow` when mlflow is not installed."""
     for arg in argv:
         match = _TRACKING_OVERRIDE.match(arg)
-        if match and "mlflow" in match.group("options").split(",") and not installed("mlflow"):
+        if match and "mlflow" in match.group("options").split(",") and not launchers.installed("mlflow"):
             raise MissingPackageError(arg, "mlflow-skinny", "mlflow")
 
 

@@ -142,13 +142,36 @@ def test_seed_commands_are_the_seed_documents(request):
     assert tuple(found) == SEED_COMMANDS
 
 
+def _compiles(command: str) -> bool:
+    return "--enable_compile" in command
+
+
+@pytest.fixture(scope="session")
+def seed_runs(tmp_path_factory, testbed_cache) -> dict[str, tuple[types.SimpleNamespace, Path]]:
+    """Every seed command that does not compile, run once as `diffgentor t2i ...`, all in one process
+    (tests/readme_driver.py): each pays the imports once, not sixteen times. command -> (result, its folder)."""
+    root = tmp_path_factory.mktemp("seed-runs")
+    commands = [c for c in SEED_COMMANDS if not _compiles(c)]
+    argvs = [["diffgentor", *seed_argv(c), "--", f"cache_dir={testbed_cache}", *TEST_PASSTHROUGH,
+              f"hydra.run.dir={root / str(i) / 'outputs' / 'day' / 'time'}"] for i, c in enumerate(commands)]
+    (root / "commands.json").write_text(json.dumps(argvs))
+    done = run([sys.executable, str(REPO / "tests" / "readme_driver.py"), "commands.json"], root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(commands), done.stderr[-3000:]
+    return {c: (types.SimpleNamespace(returncode=r["exit_code"], stdout=r["stdout"], stderr=r["stderr"]),
+                root / str(i)) for i, (c, r) in enumerate(zip(commands, results))}
+
+
 @pytest.mark.parametrize("command", [
-    pytest.param(c, id=_seed_id(c), marks=[pytest.mark.slow] if "--enable_compile" in c else [])
-    for c in SEED_COMMANDS
+    pytest.param(c, id=_seed_id(c), marks=[pytest.mark.slow] if _compiles(c) else []) for c in SEED_COMMANDS
 ])
-def test_seed_command_runs_with_the_testbed(command, tmp_path, testbed_cache):
+def test_seed_command_runs_with_the_testbed(command, tmp_path, testbed_cache, request):
     argv = seed_argv(command)
-    result = run(cli_cmd(argv, testbed_cache), tmp_path)
+    if _compiles(command):  # in a process of its own: compiling leaves dynamo's caches behind
+        result = run(cli_cmd(argv, testbed_cache), tmp_path)
+    else:
+        result, tmp_path = request.getfixturevalue("seed_runs")[command]
     args = cli.build_parser().parse_args(argv)
     backend = "xformers" if args.enable_xformers else args.attention_backend
     if backend and not _attention_runs_here(backend):
