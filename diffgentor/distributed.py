@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 #: Where ranks other than 0 keep their partial run.json, inside the run folder.
 RANKS_DIR = "ranks"
@@ -92,21 +92,60 @@ def agree(value: Any) -> list:
     return gathered
 
 
+def rank_zero_first(action: Callable[[], Any]) -> Any:
+    """`action()` on rank 0 first, then on the other ranks, which find its work done: for what one process
+    must write alone (a testbed build: transformers' save_pretrained writes no weights on a torch.distributed
+    rank other than 0, so a build there is incomplete). A failure on rank 0 fails every rank."""
+    world = current_world()
+    if world is None:
+        return action()
+    result, error = None, None
+    if world.rank == 0:
+        try:
+            result = action()
+        except Exception as exc:  # noqa: BLE001 - every rank must hear of it before any raises
+            error = exc
+    verdict = agree(None if error is None else f"{type(error).__name__}: {error}")[0]
+    if error is not None:
+        raise error
+    if verdict is not None:
+        from diffgentor.errors import DiffgentorError
+
+        raise DiffgentorError(f"rank 0: {verdict}")
+    return result if world.rank == 0 else action()
+
+
 def rank_folder(run_dir: Path, rank: int) -> Path:
     """Where rank `rank` (not 0) keeps its partial run.json inside the run folder."""
     return run_dir / RANKS_DIR / f"rank{rank}"
 
 
-def records_on_disk(run_dir: Path, world: World) -> list[dict]:
+#: How long rank 0 waits for a rank that left to finish its record on disk.
+RECORD_WAIT_S = 15.0
+
+
+def records_on_disk(run_dir: Path, world: World, wait_s: float = RECORD_WAIT_S) -> list[dict]:
     """The other ranks' partial records as they left them (rank 0 reads them when the ranks can no longer
-    exchange them: a rank that failed inside context parallelism leaves its peers' collectives broken)."""
-    records = []
-    for rank in range(1, world.size):
-        try:
-            records.append(json.loads((rank_folder(run_dir, rank) / "run.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            records.append({"status": "unknown", "error": f"rank {rank} left no readable record"})
-    return records
+    exchange them: a rank that failed inside context parallelism leaves its peers' collectives broken). A
+    record still "running" is read again for up to `wait_s` (the rank may be writing its ending); one that
+    never ends says so."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    records = [_read_record(run_dir, rank) for rank in range(1, world.size)]
+    while any(r.get("status") == "running" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = [_read_record(run_dir, rank) for rank in range(1, world.size)]
+    return [{**r, "status": "failed", "error": f"rank {rank} ended without finishing its record (it crashed or "
+                                               "was killed: see its output)"}
+            if r.get("status") == "running" else r for rank, r in enumerate(records, start=1)]
+
+
+def _read_record(run_dir: Path, rank: int) -> dict:
+    try:
+        return json.loads((rank_folder(run_dir, rank) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"status": "unknown", "error": f"rank {rank} left no readable record"}
 
 
 def merge_records(records: list[dict], shared_images: bool = False) -> dict:

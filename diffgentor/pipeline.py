@@ -121,10 +121,11 @@ def resolve_source(model_cfg: Any, cache_dir: str) -> ModelSource:
         family = _family_for(class_name, model_cfg.family, f"model.path={path_text}")
         return ModelSource(path_text, False, family, class_name, path_text)
     if model_cfg.testbed:
+        from diffgentor.distributed import rank_zero_first
         from diffgentor.testbed import materialize
 
         try:
-            folder = materialize(model_cfg.testbed, Path(cache_dir).expanduser())
+            folder = rank_zero_first(lambda: materialize(model_cfg.testbed, Path(cache_dir).expanduser()))
         except ValueError as exc:
             raise ConfigError(f"model.testbed={model_cfg.testbed}: {exc}") from None
         class_name = read_model_index(folder)

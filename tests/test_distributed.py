@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffgentor.distributed import World, rank_device, shard
@@ -75,3 +76,20 @@ def test_jobs_are_dealt_out_once_each_and_each_rank_takes_its_gpu():
     assert shard(jobs, None) == jobs
     assert rank_device("cuda", World(1, 2, 1)) == "cuda:1" and rank_device("cpu", World(1, 2, 1)) == "cpu"
     assert rank_device("cuda:3", World(1, 2, 1)) == "cuda:3" and rank_device("cuda", None) == "cuda"
+
+
+def test_a_testbed_build_missing_a_component_is_never_put_in_place(tmp_path):
+    """transformers writes no weights on a torch.distributed rank other than 0: such a build must fail, not
+    become the cache every later run loads (under torchrun only rank 0 builds: pipeline.resolve_source)."""
+    from diffgentor.testbed.store import _check_every_component_saved
+
+    (tmp_path / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPipeline", "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "feature_extractor": [None, None]}))
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
+    (tmp_path / "text_encoder").mkdir()
+    with pytest.raises(RuntimeError, match="wrote nothing for text_encoder"):
+        _check_every_component_saved(tmp_path, "tiny-flux")
+    (tmp_path / "text_encoder" / "config.json").write_text("{}")
+    _check_every_component_saved(tmp_path, "tiny-flux")

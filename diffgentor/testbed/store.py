@@ -82,6 +82,18 @@ def is_complete(folder: pathlib.Path) -> bool:
     return (folder / PROVENANCE_FILE).is_file() and (folder / "model_index.json").is_file()
 
 
+def _check_every_component_saved(folder: pathlib.Path, name: str) -> None:
+    """A build is renamed into place only when every component wrote its files: transformers' save_pretrained
+    silently writes nothing on a torch.distributed rank other than 0 (measured under torchrun: empty
+    text_encoder folders in a folder that then looked complete to every later run)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    empty = [component for component, entry in index.items()
+             if isinstance(entry, list) and entry[0] is not None and not any((folder / component).glob("*"))]
+    if empty:
+        raise RuntimeError(f"testbed {name}: the build wrote nothing for {', '.join(empty)} (a torch.distributed "
+                           "rank other than 0 saves no transformers weights); build it in a single process first")
+
+
 def materialize(name: str, cache_root: pathlib.Path) -> pathlib.Path:
     """Return a local diffusers-format folder for testbed `name`, building it once (save_pretrained) under
     cache_root/<name>-<hash> where hash covers the recipe + torch/diffusers/transformers versions.
@@ -99,6 +111,7 @@ def materialize(name: str, cache_root: pathlib.Path) -> pathlib.Path:
     try:
         with _no_save_progress_bars():
             build_recipe(recipe).save_pretrained(staging, safe_serialization=True)
+        _check_every_component_saved(staging, name)
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance(name), indent=2, default=str) + "\n")
         try:
             os.rename(staging, target)
