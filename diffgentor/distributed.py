@@ -14,7 +14,6 @@ torch.distributed does the communication (gloo on CPU, NCCL on CUDA); each rank 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -142,10 +141,13 @@ def records_on_disk(run_dir: Path, world: World, wait_s: float = RECORD_WAIT_S) 
 
 
 def _read_record(run_dir: Path, rank: int) -> dict:
-    try:
-        return json.loads((rank_folder(run_dir, rank) / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"status": "unknown", "error": f"rank {rank} left no readable record"}
+    from diffgentor.resume import load_record
+
+    record, unreadable = load_record(rank_folder(run_dir, rank))
+    if record is None:
+        return {"status": "unknown", "error": f"rank {rank} left no readable record"
+                                              + (f" ({unreadable})" if unreadable else "")}
+    return record
 
 
 def merge_records(records: list[dict], shared_images: bool = False) -> dict:

@@ -12,21 +12,16 @@ references an earlier run made.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from diffgentor.prompts import ImageJob
+from diffgentor.resume import digest
 
 #: Written in each reference folder: what its references were made with (the key, readable).
 KEY_FILE = "reference.json"
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _weights_fingerprint(location: str, is_local: bool) -> Any:
@@ -57,16 +52,16 @@ def reference_key(run_cfg: Any, source: Any, dtype: Any, device: str, call_kwarg
 
 def reference_folder(run_cfg: Any, key: dict) -> Path:
     root = run_cfg.quality.dir or str(Path(run_cfg.cache_dir).expanduser() / "references")
-    return Path(root).expanduser() / _digest(key)
+    return Path(root).expanduser() / digest(key)
 
 
 def reference_files(folder: Path, job_batches: list[list[ImageJob]]) -> dict[int, Path]:
     """Image job index -> its reference PNG (there or not yet)."""
     files = {}
     for batch in job_batches:
-        company = _digest([(j.prompt, j.negative_prompt, j.seed) for j in batch]) if len(batch) > 1 else ""
+        company = digest([(j.prompt, j.negative_prompt, j.seed) for j in batch]) if len(batch) > 1 else ""
         for job in batch:
-            files[job.index] = folder / f"{_digest([job.prompt, job.negative_prompt, job.seed, company])}.png"
+            files[job.index] = folder / f"{digest([job.prompt, job.negative_prompt, job.seed, company])}.png"
     return files
 
 

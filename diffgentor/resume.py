@@ -22,9 +22,13 @@ VOLATILE_KEYS = frozenset({"resume", "overwrite", "progress", "progress_steps", 
 
 def config_hash(config: dict) -> str:
     """A short stable hash of a resolved config (as run.json stores it), volatile keys left out."""
-    kept = {key: value for key, value in config.items() if key not in VOLATILE_KEYS}
-    # One JSON round trip first, so a live config and one read back from run.json hash the same.
-    canonical = json.dumps(json.loads(json.dumps(kept, default=str)), sort_keys=True, separators=(",", ":"))
+    return digest({key: value for key, value in config.items() if key not in VOLATILE_KEYS})
+
+
+def digest(value: Any) -> str:
+    """A short stable hash of JSON-like data. One JSON round trip first, so live data and the same read back
+    from a JSON file hash the same."""
+    canonical = json.dumps(json.loads(json.dumps(value, default=str)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 

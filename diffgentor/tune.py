@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
+
 #: Identical images have infinite PSNR; the sampler is given this instead (it models numbers, not infinity).
 PSNR_CAP_DB = 100.0
 TUNE_MD, TUNE_JSON, TUNED_YAML = "tune.md", "tune.json", "tuned.yaml"
@@ -68,11 +70,7 @@ def _trials(sweep_dir: Path, searched: list[str]) -> list[Trial]:
 
     trials = []
     for job in collect_jobs(sweep_dir):
-        values = {}
-        for override in job.overrides:
-            key, _, value = override.lstrip("+").partition("=")
-            if key in searched:
-                values[key] = _number(value)
+        values = {key: _setting(job.record.get("config") or {}, key) for key in searched}
         found = objectives(job.record) if job.ok else None
         trials.append(Trial(job.num, job.folder.name, job.record.get("status", "unknown"), values,
                             (job.record.get("timings") or {}).get("latency_s"),
@@ -81,14 +79,12 @@ def _trials(sweep_dir: Path, searched: list[str]) -> list[Trial]:
     return trials
 
 
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
+def _setting(config: dict, key: str) -> Any:
+    """`key` ("cache.threshold") of a run.json's resolved config, None where it has none."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def override_line(trial: Trial) -> str:
@@ -113,25 +109,8 @@ def tuned_yaml(trial: Trial, min_psnr: float, sweep_dir: Path) -> str:
              f"PSNR {_psnr(trial.psnr_db)} dB.",
              "# Copy to conf/experiment/<name>.yaml and run: python -m diffgentor +experiment=<name>",
              "defaults:", *groups, f"  - override /model: {config.get('model', {}).get('name')}"]
-    nested: dict = {}
-    for key, value in trial.values.items():
-        *path, leaf = key.split(".")
-        node = nested
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    lines += _yaml_lines(nested, 0)
-    return "\n".join(lines) + "\n"
-
-
-def _yaml_lines(node: dict, depth: int) -> list[str]:
-    lines = []
-    for key, value in node.items():
-        if isinstance(value, dict):
-            lines += [f"{'  ' * depth}{key}:", *_yaml_lines(value, depth + 1)]
-        else:
-            lines.append(f"{'  ' * depth}{key}: {value}")
-    return lines
+    settings = OmegaConf.from_dotlist([f"{key}={value}" for key, value in trial.values.items()])
+    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(settings)
 
 
 def _psnr(value: Optional[float]) -> str:

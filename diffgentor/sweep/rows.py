@@ -64,7 +64,7 @@ def _skipped_nothing(row: dict) -> bool:
     return row["compute_fraction"] is not None and row["compute_fraction"] >= 1.0 - 1e-9
 
 
-def reference_quality(record: dict) -> Optional[dict]:
+def recorded_reference_quality(record: dict) -> Optional[dict]:
     """The run's own quality against its references (`+quality=reference`), when it measured one; run.json
     holds no infinity, so identical images' PSNR comes back as inf here, as the baseline comparison gives."""
     measured = record.get("quality") or {}
@@ -105,7 +105,7 @@ def build_rows(jobs: list[Job], baseline: Optional[Job], lpips: Lpips) -> list[d
             "config_hash": config_hash(record["config"]) if isinstance(record.get("config"), dict) else None,
         }
         row["images_missing"] = sum(image is None for image in pixels.values())
-        against_reference = reference_quality(record) if job.ok else None
+        against_reference = recorded_reference_quality(record) if job.ok else None
         if against_reference is not None:
             row.update(against_reference, quality_against="reference")
         elif job.ok and base_pixels is not None:
